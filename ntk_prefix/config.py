@@ -1,0 +1,160 @@
+"""Configs are data: the base ConfigDict, loading config files, overrides.
+
+`--config=configs/x.py[:arg]` loads `get_config(arg)`; `--config.a.b=value`
+overrides one field, parsed as the type the field already has. A key that
+does not exist is an error naming its nearest valid neighbours.
+"""
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Optional
+
+import ml_collections
+
+from ntk_prefix import methods
+
+
+def default_manual_dir() -> str:
+  """Where the original data files are: $NTK_PREFIX_DATA, else the
+  workplace's ../shared/data beside the repo, else ~/ntk_prefix_data."""
+  env = os.environ.get('NTK_PREFIX_DATA')
+  if env:
+    return env
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shared = os.path.join(os.path.dirname(repo), 'shared', 'data')
+  if os.path.isdir(shared):
+    return shared
+  return os.path.expanduser('~/ntk_prefix_data')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # 'minilm' / 'smollm2' name the embedded checkpoints; else a folder or .gguf.
+  c.model = ml_collections.ConfigDict(dict(path='minilm', dtype='float32',
+                                           remat=''))
+  c.task = ml_collections.ConfigDict(dict(
+      name='sst2',
+      data_dir='',  # manual dir with the original files ('' = default)
+      prepared_dir='',  # where tfds writes array_record ('' = ~/.cache)
+      download=False,  # fetch official files when missing (needs network)
+      train_split='train', eval_split='validation',
+      max_length=64, truncate=True,
+      train_limit=-1, eval_limit=-1,  # fixed seeded subsets; -1 = all
+  ))
+  c.method = ml_collections.ConfigDict({'name': 'ntk_attention',
+                                        **methods.default_options()})
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-3, schedule='cosine', warmup_steps=20, end_lr_ratio=0.0,
+      weight_decay=0.01,  # never on biases, norms or 1-d state
+      clip_norm=1.0, b1=0.9, b2=0.999, accumulate_steps=1))
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.total_steps = 200
+  c.log_every = 10
+  c.eval_every = 100  # and always at the end
+  c.checkpoint_every = 50
+  c.max_to_keep = 2
+  c.async_checkpoints = True
+  c.best_metric = 'eval_accuracy'  # the best method state is exported
+  # Mesh axes; -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  # (regex over frozen parameter paths, spec) pairs, first match wins; a spec
+  # is comma-separated mesh axes per array axis ('' = replicated, e.g.
+  # 'data' shards axis 0 over the data axis: ZeRO-3 style).
+  c.sharding = ml_collections.ConfigDict(dict(frozen_rules=(('.*', ''),)))
+  c.progress = True
+  return c
+
+
+def load_file(path: str, arg: Optional[str] = None):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'--config={path}: no such config file.')
+  spec = importlib.util.spec_from_file_location('config_module', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(spec: str) -> ml_collections.ConfigDict:
+  """'configs/x.py' or 'configs/x.py:arg'."""
+  path, _, arg = spec.partition(':')
+  module = load_file(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def flat_keys(config, prefix=''):
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flat_keys(value, name + '.')
+    else:
+      yield name
+
+
+def _parse(value: str, current):
+  if isinstance(current, bool):
+    if value.lower() in ('true', '1', 'yes'):
+      return True
+    if value.lower() in ('false', '0', 'no'):
+      return False
+    raise ValueError(f'expected a bool, got {value!r}')
+  if isinstance(current, int):
+    return int(value)
+  if isinstance(current, float):
+    return float(value)
+  if isinstance(current, (tuple, list)):
+    return tuple(ast.literal_eval(value))
+  return value
+
+
+def override(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """config[key] = value for a dotted key that must already exist."""
+  keys = set(flat_keys(config))
+  if key not in keys:
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    hint = f' Nearest valid keys: {close}.' if close else ''
+    raise KeyError(f'--config.{key} is not a config key.{hint}')
+  *parents, leaf = key.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  current = node[leaf]
+  if isinstance(value, str):
+    try:
+      value = _parse(value, current)
+    except ValueError as e:
+      raise ValueError(f'--config.{key}={value!r}: {e}') from None
+  node[leaf] = value
+
+
+def from_argv(argv: list) -> tuple:
+  """(config, other args) from ['--config=...', '--config.x=..', ...]."""
+  spec = None
+  overrides, rest = [], []
+  for a in argv:
+    if a.startswith('--config='):
+      spec = a.split('=', 1)[1]
+    elif a.startswith('--config.'):
+      key, _, value = a[len('--config.'):].partition('=')
+      overrides.append((key, value))
+    else:
+      rest.append(a)
+  if spec is None:
+    raise SystemExit('--config=configs/FILE.py is required.')
+  config = get_config(spec)
+  for key, value in overrides:
+    override(config, key, value)
+  validate(config)
+  return config, rest
+
+
+def validate(config) -> None:
+  """Errors that need no compute: method name, options, mesh shape."""
+  name = config.method.name
+  if name not in methods.REGISTRY:
+    raise methods.MethodError(
+        f'method.name={name!r} is not a method.'
+        f'{methods.near(name, methods.REGISTRY)} Known: '
+        f'{sorted(methods.REGISTRY)}.')

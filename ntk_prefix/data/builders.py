@@ -1,0 +1,187 @@
+"""tensorflow-datasets builders for the experiments' tasks (array_record).
+
+They read the original files from a manual directory (this workplace:
+../shared/data; elsewhere the folder a user names with task.data_dir) and,
+where the files are public and a network is present, download them. No
+TensorFlow is needed: examples are written as array_record and read back with
+`builder.as_data_source(split)`.
+"""
+import csv
+import dataclasses
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFiles:
+  """Where a task's splits live inside the manual dir, and how to read them."""
+  subdir: str
+  splits: dict  # split name -> file name
+  reader: str  # 'tsv', 'jsonl', 'csv', 'sklearn_digits'
+  kind: str  # 'text_classification', 'text_pair', 'generation', 'image'
+  labels: tuple = ()
+  url: Optional[str] = None  # zip with the same layout, for online use
+  citation: str = ''
+
+
+TASKS = {
+    'sst2': TaskFiles('glue/SST-2', {'train': 'train.tsv',
+                                     'validation': 'dev.tsv'}, 'tsv',
+                      'text_classification', ('negative', 'positive'),
+                      'https://dl.fbaipublicfiles.com/glue/data/SST-2.zip'),
+    'rte': TaskFiles('glue/RTE', {'train': 'train.tsv',
+                                  'validation': 'dev.tsv'}, 'tsv',
+                     'text_pair', ('entailment', 'not_entailment'),
+                     'https://dl.fbaipublicfiles.com/glue/data/RTE.zip'),
+    'cb': TaskFiles('superglue/CB', {'train': 'train.jsonl',
+                                     'validation': 'val.jsonl'}, 'jsonl',
+                    'text_pair', ('entailment', 'contradiction', 'neutral'),
+                    'https://dl.fbaipublicfiles.com/glue/superglue/data/v2/'
+                    'CB.zip'),
+    'boolq': TaskFiles('superglue/BoolQ', {'train': 'train.jsonl',
+                                           'validation': 'val.jsonl'},
+                       'jsonl', 'text_pair', ('False', 'True'),
+                       'https://dl.fbaipublicfiles.com/glue/superglue/data/'
+                       'v2/BoolQ.zip'),
+    'gsm8k': TaskFiles('gsm8k', {'train': 'train.jsonl', 'test': 'test.jsonl'},
+                       'jsonl', 'generation'),
+    'e2e_nlg': TaskFiles('e2e_nlg', {'train': 'trainset.csv',
+                                     'validation': 'devset.csv',
+                                     'test': 'testset_w_refs.csv'}, 'csv',
+                         'generation'),
+    'digits': TaskFiles('', {'train': '', 'test': ''}, 'sklearn_digits',
+                        'image', tuple(str(i) for i in range(10))),
+}
+
+
+def _rows(task: TaskFiles, path: str, split: str):
+  """(key, example dict) pairs of one split's original file."""
+  if task.reader == 'sklearn_digits':
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.RandomState(0).permutation(len(digits.target))
+    cut = int(0.8 * len(order))
+    idx = order[:cut] if split == 'train' else order[cut:]
+    for i in idx:
+      img = (digits.images[i] / 16.0).astype(np.float32)  # [8, 8] in [0, 1]
+      yield int(i), {'image': img, 'label': int(digits.target[i]),
+                     'text': '', 'text_b': '', 'target': ''}
+    return
+  with open(path, encoding='utf-8') as f:
+    if task.reader == 'tsv':
+      rows = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
+    elif task.reader == 'csv':
+      rows = csv.DictReader(f)
+    else:
+      rows = (json.loads(line) for line in f if line.strip())
+    for i, row in enumerate(rows):
+      yield i, _example(task, row)
+
+
+def _example(task: TaskFiles, row: dict) -> dict:
+  ex = {'text': '', 'text_b': '', 'target': '', 'label': -1,
+        'image': np.zeros((8, 8), np.float32)}
+  if 'sentence' in row:  # SST-2
+    ex['text'], ex['label'] = row['sentence'], int(row['label'])
+  elif 'sentence1' in row:  # RTE
+    ex['text'], ex['text_b'] = row['sentence1'], row['sentence2']
+    ex['label'] = task.labels.index(row['label'])
+  elif 'premise' in row:  # CB
+    ex['text'], ex['text_b'] = row['premise'], row['hypothesis']
+    ex['label'] = task.labels.index(row['label'])
+  elif 'passage' in row:  # BoolQ
+    ex['text'], ex['text_b'] = row['question'], row['passage']
+    ex['label'] = int(bool(row['label']))
+  elif 'question' in row:  # GSM8K
+    ex['text'], ex['target'] = row['question'], row['answer']
+  elif 'mr' in row:  # E2E
+    ex['text'], ex['target'] = row['mr'], row['ref']
+  else:
+    raise ValueError(f'Unrecognised row with fields {sorted(row)}.')
+  return ex
+
+
+def make_builder_class(name: str, task: TaskFiles):
+  """A tfds GeneratorBasedBuilder class for one task."""
+  task_name = name
+
+  class Builder(tfds.core.GeneratorBasedBuilder):
+    name = f'ntk_prefix_{task_name}'
+    _download_config_manual_dir = None  # set by load_split
+    VERSION = tfds.core.Version('1.0.0')
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        f'Place the original files {sorted(task.splits.values())} in '
+        f'<manual_dir>/{task.subdir}/ (task.data_dir in the config).')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict({
+              'text': tfds.features.Text(), 'text_b': tfds.features.Text(),
+              'target': tfds.features.Text(), 'label': np.int64,
+              'image': tfds.features.Tensor(shape=(8, 8), dtype=np.float32),
+          }))
+
+    def _split_generators(self, dl_manager):
+      out = {}
+      for split, filename in task.splits.items():
+        path = ''
+        if task.reader != 'sklearn_digits':
+          manual = self._manual_dir_or_none()
+          path = os.path.join(manual or '', task.subdir, filename)
+          if manual is None or not os.path.exists(path):
+            if task.url is None:
+              raise FileNotFoundError(
+                  f'{name}: {path} is missing. ' + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+            extracted = dl_manager.download_and_extract(task.url)
+            path = os.path.join(extracted, os.path.basename(task.subdir),
+                                filename)
+        out[split] = self._generate_examples(path, split)
+      return out
+
+    def _manual_dir_or_none(self):
+      manual = self._download_config_manual_dir
+      return manual if manual and os.path.isdir(manual) else None
+
+    def _generate_examples(self, path, split):
+      yield from _rows(task, path, split)
+
+  return Builder
+
+
+BUILDERS = {name: make_builder_class(name, task) for name, task in TASKS.items()}
+
+
+def load_split(task_name: str, split: str, manual_dir: str,
+               data_dir: str, download: bool = False) -> list:
+  """All examples of a split as a list of dicts (prepared once, then read)."""
+  if task_name not in BUILDERS:
+    raise ValueError(f'task.name={task_name!r} is not a task; known: '
+                     f'{sorted(BUILDERS)}.')
+  task = TASKS[task_name]
+  if split not in task.splits:
+    raise ValueError(f'{task_name} has no split {split!r}; it has '
+                     f'{sorted(task.splits)}.')
+  if task.reader != 'sklearn_digits':
+    path = os.path.join(manual_dir, task.subdir, task.splits[split])
+    if not os.path.exists(path) and not (download and task.url):
+      online = (f' or set task.download=True to fetch {task.url}'
+                if task.url else '')
+      raise FileNotFoundError(
+          f'{task_name}: missing data file {path}. Set task.data_dir to the '
+          f'folder holding {task.subdir}/ (this workplace: ../shared/data)'
+          f'{online}.')
+    if not os.path.isdir(manual_dir):
+      manual_dir = None  # downloading: tfds needs no manual dir
+  builder = BUILDERS[task_name](data_dir=data_dir,
+                                file_format='array_record')
+  Builder = BUILDERS[task_name]
+  Builder._download_config_manual_dir = manual_dir
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir))
+  source = builder.as_data_source(split)
+  return [source[i] for i in range(len(source))]

@@ -1,0 +1,169 @@
+"""Tokenised, padded batches with a deterministic, checkpointable order.
+
+The batch of training step s is a pure function of (seed, s): the order is a
+fresh seeded permutation per epoch. The iterator's whole state is therefore
+the step, which the checkpoint already holds, and resuming replays exactly.
+"""
+import dataclasses
+import hashlib
+import os
+from typing import Optional
+
+import numpy as np
+
+from ntk_prefix.data import builders
+
+# Prompts for generation tasks; the loss is on the target only.
+PROMPTS = {
+    'gsm8k': ('Question: {text}\nAnswer:', ' {target}'),
+    'e2e_nlg': ('Table: {text}\nText:', ' {target}'),
+}
+
+
+@dataclasses.dataclass
+class Dataset:
+  """Arrays of one split, padded to `max_length`; `lengths` per example."""
+  arrays: dict  # name -> [n, max_length] or [n]
+  lengths: np.ndarray
+  num_labels: int = 0
+
+  def __len__(self):
+    return len(self.lengths)
+
+
+def _buckets(max_length: int) -> list:
+  out, b = [], 16
+  while b < max_length:
+    out.append(b)
+    b *= 2
+  return out + [max_length]
+
+
+def _cut(ids: list, max_length: int, truncate: bool, what: str) -> list:
+  if len(ids) > max_length:
+    if not truncate:
+      raise ValueError(
+          f'{what} has {len(ids)} tokens, more than task.max_length='
+          f'{max_length}. Raise task.max_length (within the model\'s '
+          'positions) or set task.truncate=True.')
+    ids = ids[:max_length]
+  return ids
+
+
+def encode(task_name: str, rows: list, tokenizer, max_length: int,
+           truncate: bool, image_size: int = 0) -> Dataset:
+  task = builders.TASKS[task_name]
+  n = len(rows)
+  text = lambda r, k: r[k].decode() if isinstance(r[k], bytes) else r[k]
+  if task.kind == 'image':
+    images = np.stack([r['image'] for r in rows])
+    if image_size:  # nearest upsampling to the model's input size
+      rep = image_size // images.shape[1]
+      images = np.kron(images, np.ones((rep, rep), np.float32))
+    pixels = np.repeat(images[:, None], 3, axis=1)  # [n, 3, h, w]
+    return Dataset({'pixel_values': pixels.astype(np.float32),
+                    'labels': np.array([r['label'] for r in rows], np.int32)},
+                   np.ones(n, np.int32), len(task.labels))
+  ids = np.zeros((n, max_length), np.int32)
+  mask = np.zeros((n, max_length), np.int32)
+  types = np.zeros((n, max_length), np.int32)
+  lengths = np.zeros(n, np.int32)
+  arrays = {'input_ids': ids, 'attention_mask': mask}
+  if task.kind == 'generation':
+    loss_mask = np.zeros((n, max_length), np.int32)
+    prompt_mask = np.zeros((n, max_length), np.int32)
+    arrays.update(loss_mask=loss_mask, prompt_mask=prompt_mask)
+    prompt_fmt, target_fmt = PROMPTS[task_name]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for i, r in enumerate(rows):
+      fields = {'text': text(r, 'text'), 'target': text(r, 'target')}
+      p = tokenizer(prompt_fmt.format(**fields),
+                    add_special_tokens=False)['input_ids']
+      t = tokenizer(target_fmt.format(**fields),
+                    add_special_tokens=False)['input_ids'] + eos
+      seq = _cut(p + t, max_length, truncate, f'{task_name} example {i}')
+      L = len(seq)
+      ids[i, :L], mask[i, :L] = seq, 1
+      prompt_mask[i, :min(len(p), L)] = 1
+      loss_mask[i, len(p):L] = 1
+      lengths[i] = L
+    return Dataset(arrays, lengths)
+  arrays['token_type_ids'] = types
+  arrays['labels'] = np.array([r['label'] for r in rows], np.int32)
+  for i, r in enumerate(rows):
+    a, b = text(r, 'text'), text(r, 'text_b')
+    enc = tokenizer(a, b or None, truncation=False)
+    seq = _cut(enc['input_ids'], max_length, truncate,
+               f'{task_name} example {i}')
+    L = len(seq)
+    ids[i, :L], mask[i, :L] = seq, 1
+    if 'token_type_ids' in enc:
+      types[i, :L] = enc['token_type_ids'][:L]
+    lengths[i] = L
+  return Dataset(arrays, lengths, len(task.labels))
+
+
+def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
+         data_dir: str, max_length: int, truncate: bool, limit: int = -1,
+         image_size: int = 0, cache: bool = True,
+         download: bool = False) -> Dataset:
+  """One split, tokenised (cached next to the prepared tfds data)."""
+  rows_key = f'{task_name}-{split}-{max_length}-{truncate}-{limit}-{image_size}'
+  tok_key = getattr(tokenizer, 'name_or_path', '') + str(
+      len(tokenizer) if tokenizer is not None else 0)
+  digest = hashlib.sha1((rows_key + tok_key).encode()).hexdigest()[:12]
+  path = os.path.join(data_dir, 'tokenized', f'{rows_key}-{digest}.npz')
+  if cache and os.path.exists(path):
+    with np.load(path) as f:
+      arrays = {k[2:]: f[k] for k in f.files if k.startswith('a_')}
+      return Dataset(arrays, f['lengths'], int(f['num_labels']))
+  rows = builders.load_split(task_name, split, manual_dir, data_dir, download)
+  if 0 < limit < len(rows):  # a fixed, seeded subset
+    idx = np.sort(np.random.RandomState(1234).permutation(len(rows))[:limit])
+    rows = [rows[i] for i in idx]
+  ds = encode(task_name, rows, tokenizer, max_length, truncate, image_size)
+  if cache:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, lengths=ds.lengths, num_labels=ds.num_labels,
+             **{f'a_{k}': v for k, v in ds.arrays.items()})
+    os.replace(tmp, path)
+  return ds
+
+
+def _trim(ds: Dataset, idx: np.ndarray, buckets: list) -> dict:
+  """Rows idx, cut to the smallest bucket that holds the longest row."""
+  longest = int(ds.lengths[idx].max()) if len(idx) else 1
+  width = next((b for b in buckets if b >= longest), buckets[-1])
+  out = {}
+  for k, v in ds.arrays.items():
+    out[k] = v[idx][:, :width] if v.ndim == 2 and k != 'labels' else v[idx]
+  return out
+
+
+def train_batch(ds: Dataset, step: int, batch_size: int, seed: int) -> dict:
+  """The batch of training step `step` (epochs of seeded permutations)."""
+  n = len(ds)
+  start = step * batch_size
+  idx = []
+  while len(idx) < batch_size:
+    epoch, offset = divmod(start + len(idx), n)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    idx.extend(perm[offset:offset + batch_size - len(idx)])
+  width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
+  return _trim(ds, np.asarray(idx), _buckets(width))
+
+
+def eval_batches(ds: Dataset, batch_size: int):
+  """Fixed-order batches; the last is padded with copies weighted 0."""
+  n = len(ds)
+  width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    weights = np.ones(batch_size, np.float32)
+    if len(idx) < batch_size:
+      weights[len(idx):] = 0
+      idx = np.concatenate([idx, np.zeros(batch_size - len(idx), int)])
+    batch = _trim(ds, idx, _buckets(width))
+    batch['weights'] = weights
+    yield batch

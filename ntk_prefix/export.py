@@ -1,0 +1,48 @@
+"""A method state on its own: safetensors plus a JSON description.
+
+`save` writes method_state.safetensors and method.json (method, options,
+base model and its dimensions); `load` reads them back onto a base model and
+refuses one of other dimensions with a clear error.
+"""
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from ntk_prefix import methods
+from ntk_prefix.checkpoints.names import flatten, unflatten
+
+
+def save(directory: str, method, method_params, model_path: str = '') -> None:
+  from safetensors.numpy import save_file
+  os.makedirs(directory, exist_ok=True)
+  flat = {k: np.asarray(jax.device_get(v), np.float32)
+          for k, v in flatten(method_params).items()}
+  save_file(flat, os.path.join(directory, 'method_state.safetensors'))
+  desc = {'method': method.name, 'options': dataclasses.asdict(method.opts),
+          'base_model': model_path or method.model.name,
+          'dimensions': method.model.dimensions()}
+  with open(os.path.join(directory, 'method.json'), 'w') as f:
+    json.dump(desc, f, indent=2)
+
+
+def load(directory: str, model_cfg, frozen_params=None):
+  """-> (method, method_params) for the base model `model_cfg`."""
+  from safetensors.numpy import load_file
+  with open(os.path.join(directory, 'method.json')) as f:
+    desc = json.load(f)
+  dims = model_cfg.dimensions()
+  if desc['dimensions'] != dims:
+    diff = {k: (desc['dimensions'].get(k), v) for k, v in dims.items()
+            if desc['dimensions'].get(k) != v}
+    raise methods.MethodError(
+        f'{directory}: the {desc["method"]} state was trained on '
+        f'{desc["base_model"]}; (saved, this model) differ in {diff}. Load it '
+        'onto the base model it was trained on.')
+  method = methods.get(desc['method'], model_cfg, desc['options'])
+  params = jax.tree.map(jax.numpy.asarray, unflatten(load_file(
+      os.path.join(directory, 'method_state.safetensors'))))
+  method.check_params(params, frozen_params)
+  return method, params

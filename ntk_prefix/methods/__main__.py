@@ -1,0 +1,47 @@
+"""python -m ntk_prefix.methods --model=PATH [--num_labels=2]
+
+Prints the trainable-parameter count of every method (default options, plus
+a classification head for encoders/vision) on the checkpoint at PATH.
+"""
+import argparse
+
+import jax
+
+from ntk_prefix import checkpoints, methods, models
+from ntk_prefix.checkpoints.paths import resolve
+
+
+def table(path: str, num_labels: int) -> str:
+  cfg, frozen, _ = checkpoints.load(resolve(path))
+  head = 0
+  if not cfg.is_decoder:
+    head = methods.count_params(models.init_classifier_head(
+        jax.random.PRNGKey(0), cfg, num_labels))
+  frozen_count = methods.count_params(frozen)
+  rows = ['| method | trainable params | head | total | % of backbone |',
+          '|---|---:|---:|---:|---:|']
+  for name in methods.NAMES:
+    method = methods.get(name, cfg)
+    shapes = jax.eval_shape(lambda m=method: m.init(jax.random.PRNGKey(0),
+                                                    frozen))
+    n = methods.count_params(shapes)
+    rows.append(f'| {name} | {n:,} | {head:,} | {n + head:,} | '
+                f'{100 * (n + head) / frozen_count:.3f} |')
+  title = (f'{cfg.family}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, '
+           f'{cfg.num_heads}/{cfg.num_kv_heads} heads: {frozen_count:,} '
+           'frozen parameters')
+  return title + '\n\n' + '\n'.join(rows)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', default='minilm',
+                      help="checkpoint folder, .gguf file, 'minilm' or "
+                      "'smollm2'")
+  parser.add_argument('--num_labels', type=int, default=2)
+  args = parser.parse_args()
+  print(table(args.model, args.num_labels))
+
+
+if __name__ == '__main__':
+  main()

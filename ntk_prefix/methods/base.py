@@ -1,0 +1,153 @@
+"""What every method shares: options parsing, parameter checks, counting."""
+import dataclasses
+import difflib
+from typing import Any, ClassVar, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_prefix.models.config import ModelConfig
+from ntk_prefix.models.hooks import Adapter
+
+Array = jax.Array
+
+
+class MethodError(ValueError):
+  """Bad method name, option, or method state."""
+
+
+def near(name: str, options) -> str:
+  close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+  return f' Did you mean {close}?' if close else ''
+
+
+def parse_options(cls, values: dict, where: str):
+  """Options dataclass from a dict, naming unknown keys and their neighbours."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in fields:
+      raise MethodError(f'{where}.{key} is not an option of this method.'
+                        f'{near(key, fields)} Allowed: {sorted(fields)}.')
+  kwargs = {}
+  for key, value in values.items():
+    kwargs[key] = tuple(value) if isinstance(value, list) else value
+  return cls(**kwargs)
+
+
+def require(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    raise MethodError(f'{field}={value!r} is not allowed: {allowed}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Method(Adapter):
+  """A training method: a pytree of trainable state plus where it enters.
+
+  Subclasses set `name` and `Options`, and implement `init` and the hooks of
+  `models.hooks.Adapter` they need. `method_params` may also hold 'head' (a
+  task head, handled by the model), which methods ignore.
+  """
+  model: ModelConfig
+  opts: Any
+  name: ClassVar[str] = ''
+  Options: ClassVar[type] = None
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    """Raise MethodError for options that do not fit the model."""
+
+  def init(self, rng: Array, frozen_params: Any = None,
+           tokenizer: Any = None) -> dict:
+    raise NotImplementedError
+
+  def field(self, key: str) -> str:
+    return f'method.{self.name}.{key}'
+
+  def dropout(self, x: Array, rate: float, train: bool,
+              rng: Optional[Array]) -> Array:
+    if not train or rate == 0.0 or rng is None:
+      return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+  def check_params(self, method_params: dict, frozen_params: Any = None) -> None:
+    """Clear error when a method state does not fit this model."""
+    expected = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0),
+                                                frozen_params))
+    got = {k: v for k, v in method_params.items() if k != 'head'}
+    exp_flat = dict(_flat(expected))
+    got_flat = dict(_flat(got))
+    if set(exp_flat) != set(got_flat):
+      raise MethodError(
+          f'{self.name} state has entries {sorted(got_flat)} but this model '
+          f'expects {sorted(exp_flat)}.')
+    for path, spec in exp_flat.items():
+      if tuple(got_flat[path].shape) != tuple(spec.shape):
+        raise MethodError(
+            f'{self.name} state {path!r} has shape '
+            f'{tuple(got_flat[path].shape)}, but the model '
+            f'{self.model.dimensions()} needs {tuple(spec.shape)}: the state '
+            'was trained on a model of other dimensions.')
+
+
+def _flat(tree, prefix=''):
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    yield prefix + '/'.join(str(getattr(p, 'key', p)) for p in path), leaf
+
+
+def count_params(tree: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def layer_kv(model_cfg: ModelConfig, frozen_params: Any,
+             inputs: dict) -> list:
+  """The frozen model's per-layer keys/values for `inputs` (post-RoPE).
+
+  Used to initialise prefixes from the activations of real words.
+  Returns [(k, v)] per layer, each [batch, t, kv_heads, head_dim].
+  """
+  from ntk_prefix.models import layers
+  from ntk_prefix.models.transformer import Transformer
+  module = Transformer(model_cfg, lm_logits=False)
+  _, state = module.apply(
+      {'params': frozen_params}, {}, inputs,
+      capture_intermediates=lambda mdl, _: mdl.name in ('key', 'value'))
+  inter = state['intermediates']
+  mask = jnp.asarray(inputs['attention_mask'])
+  positions = Transformer(model_cfg).bind(
+      {'params': frozen_params})._positions(mask, 0)
+  out = []
+  for i in range(model_cfg.num_layers):
+    attn = inter[f'layer_{i}']['attn']
+    b, t = mask.shape
+    shape = (b, t, model_cfg.num_kv_heads, model_cfg.head_dim)
+    k = attn['key']['__call__'][0].reshape(shape)
+    v = attn['value']['__call__'][0].reshape(shape)
+    if model_cfg.rope_theta is not None:
+      k = layers.rope(k, positions, model_cfg.rope_theta)
+    out.append((k, v))
+  return out
+
+
+def word_prefix(model_cfg: ModelConfig, frozen_params: Any, tokenizer: Any,
+                text: str, length: int) -> tuple:
+  """Keys/values [layers, length, kv_heads, head_dim] of a real text.
+
+  The text's tokens (special tokens dropped) are repeated to fill `length`.
+  """
+  if tokenizer is None or frozen_params is None:
+    raise MethodError('Initialising a prefix from words needs the frozen '
+                      'model and its tokenizer.')
+  ids = tokenizer(text, add_special_tokens=False)['input_ids']
+  if not ids:
+    raise MethodError(f'init_text={text!r} has no tokens.')
+  ids = (ids * (length // len(ids) + 1))[:length]
+  inputs = {'input_ids': jnp.asarray([ids], jnp.int32),
+            'attention_mask': jnp.ones((1, length), jnp.int32)}
+  kv = layer_kv(model_cfg, frozen_params, inputs)
+  k = jnp.stack([k[0] for k, _ in kv])
+  v = jnp.stack([v[0] for _, v in kv])
+  return k, v

@@ -1,0 +1,32 @@
+"""Full fine-tuning, as a baseline: the whole backbone is the method state.
+
+The frozen tree is then unused by the forward pass; the method state starts
+as a copy of it, so step 0 is exactly the pretrained model.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ntk_prefix.methods import base
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Full(base.Method):
+  name = 'full'
+  Options = Options
+
+  def init(self, rng, frozen_params=None, tokenizer=None):
+    if frozen_params is None:
+      raise base.MethodError('full fine-tuning starts from the frozen params; '
+                             'pass them to init.')
+    return {'backbone': jax.tree.map(lambda x: jnp.array(x, jnp.float32),
+                                     frozen_params)}
+
+  def backbone_params(self, frozen_params, method_params):
+    return method_params['backbone']

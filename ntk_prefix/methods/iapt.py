@@ -1,0 +1,82 @@
+"""IAPT (Zhu et al. 2024, arXiv 2405.18203): instruction-aware soft prompts.
+
+No official code is public; the choices made here, from the paper's text:
+- In each layer l a generator reads that layer's input hidden states of the
+  instruction tokens (`condition_mask`: never the answer, so a decoder cannot
+  peek at its targets) and produces `num_tokens` soft tokens.
+- Generator order: self-attention pooling first (a learned query scores the
+  tokens; softmax over real tokens; weighted mean), so the bottleneck runs
+  once per example instead of once per token; then the down-projection
+  (hidden -> bottleneck), the learned rational activation, and the
+  up-projection (bottleneck -> num_tokens * hidden).
+- Rational activation: P(x) / (1 + |Q(x)|) with P of degree 5 and Q of degree
+  4 without constant term ("safe" Pade units, Molina et al. 2020), learned per
+  layer and initialised to the identity (P = x, Q = 0).
+- The tokens are inserted at layer l's input and dropped after it (the
+  paper's per-layer replacement). Through the layer's frozen norm and
+  key/value projections this is a prefix of keys/values: `prefix_hidden`.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ntk_prefix.methods import base
+from ntk_prefix.models.hooks import LayerHook
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  num_tokens: int = 4
+  bottleneck: int = 32
+  init_std: float = 0.02
+  dropout: float = 0.0
+
+
+def rational(x, num, den):
+  """P(x) / (1 + |Q(x)|); num [6] (x^0..x^5), den [4] (x^1..x^4)."""
+  p = sum(num[i] * x ** i for i in range(6))
+  q = sum(den[i] * x ** (i + 1) for i in range(4))
+  return p / (1.0 + jnp.abs(q))
+
+
+@dataclasses.dataclass(frozen=True)
+class Iapt(base.Method):
+  name = 'iapt'
+  Options = Options
+
+  def validate(self):
+    o, m = self.opts, self.model
+    base.require(o.num_tokens > 0, self.field('num_tokens'), o.num_tokens,
+                 'a positive number of soft tokens')
+    base.require(0 < o.bottleneck <= m.hidden_size, self.field('bottleneck'),
+                 o.bottleneck, f'1..hidden_size={m.hidden_size}')
+
+  def init(self, rng, frozen_params=None, tokenizer=None):
+    o, m = self.opts, self.model
+    L, d, r, n = m.num_layers, m.hidden_size, o.bottleneck, o.num_tokens
+    kq, kd, ku = jax.random.split(rng, 3)
+    identity = jnp.zeros((L, 6)).at[:, 1].set(1.0)
+    return {
+        'pool_query': o.init_std * jax.random.normal(kq, (L, d)),
+        'down': jax.random.normal(kd, (L, d, r)) / jnp.sqrt(d),
+        'down_bias': jnp.zeros((L, r)),
+        'num': identity,
+        'den': jnp.zeros((L, 4)),
+        'up': o.init_std * jax.random.normal(ku, (L, r, n * d)),
+        'up_bias': jnp.zeros((L, n * d)),
+    }
+
+  def layer_hook(self, method_params, layer, hidden, mask, train, rng):
+    p = jax.tree.map(lambda a: a[layer], method_params)
+    o = self.opts
+    h = hidden.astype(jnp.float32)  # [b, t, d]
+    scores = jnp.einsum('btd,d->bt', h, p['pool_query']) / jnp.sqrt(
+        jnp.float32(h.shape[-1]))
+    scores = jnp.where(mask > 0, scores, -1e30)
+    pooled = jnp.einsum('bt,btd->bd', jax.nn.softmax(scores, -1), h)
+    pooled = self.dropout(pooled, o.dropout, train, rng)
+    z = rational(pooled @ p['down'] + p['down_bias'], p['num'], p['den'])
+    tokens = (z @ p['up'] + p['up_bias']).reshape(h.shape[0], o.num_tokens,
+                                                  h.shape[-1])
+    return LayerHook(prefix_hidden=tokens)

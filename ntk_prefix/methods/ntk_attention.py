@@ -1,0 +1,111 @@
+"""NTK-Attention (Liang, Shi, Song, Yang 2024, arXiv 2406.14036).
+
+An infinitely long prefix summarised per layer and head by Z [features,
+head_dim] and k [features]; for a query q the layer computes
+
+  (sum_j exp(q.k_j/sqrt(d)) v_j + phi(q) Z) / (sum_j exp(q.k_j/sqrt(d)) + phi(q).|k|)
+
+at a cost independent of the prefix length (see `models/attention.py`).
+"""
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from ntk_prefix.methods import base
+from ntk_prefix.models.attention import feature_map
+from ntk_prefix.models.hooks import LayerHook, NtkState
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  # 'zeros': exactly the frozen model at step 0 (k then has no gradient at 0
+  # because of |k|, so only Z moves at first); 'normal': Z, k ~ init_std *
+  # N(0, 1); 'prefix': the closed-form state of a random explicit prefix of
+  # `init_prefix_length` rows drawn like the model's keys/values.
+  init: str = 'normal'
+  init_std: float = 0.01
+  init_prefix_length: int = 64
+  # 'elu': the paper's phi(x) = elu(x / d**0.25) + 1 (features = head_dim);
+  # 'random': positive random features (features = num_features).
+  feature_map: str = 'elu'
+  num_features: int = 0
+  feature_seed: int = 0
+  phi_dropout: float = 0.0  # the paper's ViT runs use 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class NtkAttention(base.Method):
+  name = 'ntk_attention'
+  Options = Options
+
+  def validate(self):
+    o = self.opts
+    base.require(o.init in ('zeros', 'normal', 'prefix'), self.field('init'),
+                 o.init, "one of 'zeros', 'normal', 'prefix'")
+    base.require(o.feature_map in ('elu', 'random'), self.field('feature_map'),
+                 o.feature_map, "'elu' or 'random'")
+    base.require(o.feature_map == 'elu' or o.num_features > 0,
+                 self.field('num_features'), o.num_features,
+                 "a positive number of random features with feature_map="
+                 "'random'")
+    base.require(0.0 <= o.phi_dropout < 1.0, self.field('phi_dropout'),
+                 o.phi_dropout, 'a rate in [0, 1)')
+    base.require(o.init_prefix_length > 0, self.field('init_prefix_length'),
+                 o.init_prefix_length, 'a positive length')
+
+  @property
+  def num_features(self) -> int:
+    if self.opts.feature_map == 'elu':
+      return self.model.head_dim
+    return self.opts.num_features
+
+  def projection(self) -> Optional[jax.Array]:
+    """Fixed random projections [features, head_dim] (not trained)."""
+    if self.opts.feature_map == 'elu':
+      return None
+    return jax.random.normal(jax.random.PRNGKey(self.opts.feature_seed),
+                             (self.num_features, self.model.head_dim))
+
+  def init(self, rng, frozen_params=None, tokenizer=None) -> dict:
+    m = self.model
+    shape = (m.num_layers, m.num_heads, self.num_features, m.head_dim)
+    if self.opts.init == 'zeros':
+      return {'z': jnp.zeros(shape), 'k': jnp.zeros(shape[:3])}
+    if self.opts.init == 'normal':
+      kz, kk = jax.random.split(rng)
+      std = self.opts.init_std
+      return {'z': std * jax.random.normal(kz, shape),
+              'k': std * jnp.abs(jax.random.normal(kk, shape[:3]))}
+    kk, kv = jax.random.split(rng)
+    pshape = (m.num_layers, self.opts.init_prefix_length, m.num_kv_heads,
+              m.head_dim)
+    return self.state_from_prefix(jax.random.normal(kk, pshape),
+                                  jax.random.normal(kv, pshape))
+
+  def state_from_prefix(self, prefix_k: jax.Array,
+                        prefix_v: jax.Array) -> dict:
+    """Closed-form state of an explicit prefix: Z = sum_i phi(k_i) v_i^T and
+    k = sum_i phi(k_i), per layer and query head (GQA heads share a kv head).
+
+    prefix_k, prefix_v: [layers, m, kv_heads, head_dim].
+    """
+    groups = self.model.num_heads // self.model.num_kv_heads
+    phi_k = feature_map(prefix_k, self.projection())  # [l, m, kv, r]
+    z = jnp.einsum('lmhr,lmhd->lhrd', phi_k, prefix_v.astype(jnp.float32))
+    k = jnp.sum(phi_k, axis=1)  # [l, kv, r]
+    return {'z': jnp.repeat(z, groups, axis=1), 'k': jnp.repeat(k, groups,
+                                                                 axis=1)}
+
+  def layer_hook(self, method_params, layer, hidden, mask, train, rng):
+    phi_mask = None
+    rate = self.opts.phi_dropout
+    if train and rate > 0.0 and rng is not None:
+      shape = hidden.shape[:2] + (self.model.num_heads, self.num_features)
+      keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
+      phi_mask = keep.astype(jnp.float32) / (1.0 - rate)
+    return LayerHook(ntk=NtkState(z=method_params['z'][layer],
+                                  k=method_params['k'][layer],
+                                  projection=self.projection(),
+                                  phi_mask=phi_mask))

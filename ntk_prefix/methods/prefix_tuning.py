@@ -1,0 +1,102 @@
+"""Prefix-Tuning (Li & Liang 2021): per-layer key/value prefixes of length m
+produced by an MLP reparameterisation while training,
+
+  Embedding(m, hidden) -> Linear(hidden, mlp_hidden) -> tanh
+                       -> Linear(mlp_hidden, layers * 2 * kv_heads * head_dim),
+
+and materialised to plain per-layer keys/values (`materialize`, the P-Tuning
+v2 state) for inference and export. Each layer's prefix is sized from the
+model's kv_heads and head_dim, so grouped-query models get the right shapes.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ntk_prefix.methods import base
+from ntk_prefix.methods.p_tuning_v2 import prefix_hook, validate_prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  length: int = 10
+  mlp_hidden: int = 512
+  # 'random', or 'words': fit the MLP so its output equals the frozen model's
+  # keys/values of init_text (Li & Liang's real-word initialisation).
+  init: str = 'random'
+  init_text: str = 'summarize'
+  init_fit_steps: int = 300
+  dropout: float = 0.0
+  shift_positions: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuning(base.Method):
+  name = 'prefix_tuning'
+  Options = Options
+
+  def validate(self):
+    validate_prefix(self)
+    base.require(self.opts.mlp_hidden > 0, self.field('mlp_hidden'),
+                 self.opts.mlp_hidden, 'a positive width')
+    base.require(self.opts.init in ('random', 'words'), self.field('init'),
+                 self.opts.init, "'random' or 'words'")
+
+  def position_offset(self):
+    return self.opts.length if self.opts.shift_positions else 0
+
+  def _random_init(self, rng):
+    m, h = self.model, self.opts.mlp_hidden
+    out = m.num_layers * 2 * m.num_kv_heads * m.head_dim
+    k0, k1, k2 = jax.random.split(rng, 3)
+    return {
+        'embedding': jax.random.normal(k0, (self.opts.length, m.hidden_size)),
+        'w1': jax.random.normal(k1, (m.hidden_size, h)) / jnp.sqrt(
+            m.hidden_size),
+        'b1': jnp.zeros((h,)),
+        'w2': 0.02 * jax.random.normal(k2, (h, out)),
+        'b2': jnp.zeros((out,)),
+    }
+
+  def init(self, rng, frozen_params=None, tokenizer=None):
+    params = self._random_init(rng)
+    if self.opts.init == 'random':
+      return params
+    k, v = base.word_prefix(self.model, frozen_params, tokenizer,
+                            self.opts.init_text, self.opts.length)
+    return self.fit(params, k, v, self.opts.init_fit_steps)
+
+  def fit(self, params, k, v, steps):
+    """Adam on || materialize(params) - (k, v) ||^2."""
+    opt = optax.adam(1e-2)
+
+    def loss(p):
+      mat = self.materialize(p)
+      return jnp.mean((mat['k'] - k) ** 2) + jnp.mean((mat['v'] - v) ** 2)
+
+    @jax.jit
+    def step(p, s):
+      g = jax.grad(loss)(p)
+      u, s = opt.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    state = opt.init(params)
+    for _ in range(steps):
+      params, state = step(params, state)
+    return params
+
+  def materialize(self, method_params) -> dict:
+    """{'k', 'v'}: [layers, m, kv_heads, head_dim] each."""
+    m = self.model
+    p = method_params
+    h = jnp.tanh(p['embedding'] @ p['w1'] + p['b1'])
+    out = (h @ p['w2'] + p['b2']).reshape(self.opts.length, m.num_layers, 2,
+                                          m.num_kv_heads, m.head_dim)
+    out = jnp.transpose(out, (2, 1, 0, 3, 4))
+    return {'k': out[0], 'v': out[1]}
+
+  def layer_hook(self, method_params, layer, hidden, mask, train, rng):
+    # The MLP runs once per forward; XLA shares it across the layer calls.
+    mat = self.materialize(method_params)
+    return prefix_hook(self, mat['k'], mat['v'], layer, train, rng)

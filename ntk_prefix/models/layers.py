@@ -1,0 +1,174 @@
+"""Transformer building blocks as Flax linen modules, applied functionally.
+
+Modules hold no state: parameters come in through `Module.apply`, and the
+method's contribution comes in as an explicit `LayerHook` argument.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ntk_prefix.models import attention
+from ntk_prefix.models.config import ModelConfig
+from ntk_prefix.models.hooks import LayerHook
+
+Array = jax.Array
+
+ACTIVATIONS = {
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
+    'silu': jax.nn.silu,
+}
+
+
+class RMSNorm(nn.Module):
+  eps: float
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) +
+                              self.eps)
+    return (x32 * scale).astype(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
+  if cfg.norm == 'rms':
+    return RMSNorm(cfg.norm_eps, name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, name=name)
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embedding, HF 'rotate_half' layout. x: [b, t, heads, head_dim]."""
+  head_dim = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) /
+                              head_dim))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
+  angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], -1)
+  return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class Projection(nn.Module):
+  """Dense layer that adds the method's low-rank delta when it has one."""
+  features: int
+  use_bias: bool
+
+  @nn.compact
+  def __call__(self, x, lora=None):
+    y = nn.Dense(self.features, use_bias=self.use_bias, name='dense')(x)
+    if lora is not None:
+      y = y + lora.scale * ((x @ lora.a.astype(x.dtype)) @
+                            lora.b.astype(x.dtype))
+    return y
+
+
+class SelfAttention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, key_mask, positions, hook: LayerHook, normed_prefix):
+    cfg = self.cfg
+    lora = hook.lora or {}
+    b, t, _ = x.shape
+    heads, kv_heads, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    query = Projection(heads * hd, cfg.attn_bias, name='query')
+    key = Projection(kv_heads * hd, cfg.attn_bias, name='key')
+    value = Projection(kv_heads * hd, cfg.attn_bias, name='value')
+    q = query(x, lora.get('query')).reshape(b, t, heads, hd)
+    k = key(x, lora.get('key')).reshape(b, t, kv_heads, hd)
+    v = value(x, lora.get('value')).reshape(b, t, kv_heads, hd)
+    if cfg.rope_theta is not None:
+      q = rope(q, positions, cfg.rope_theta)
+      k = rope(k, positions, cfg.rope_theta)
+    prefix_k, prefix_v = hook.prefix_k, hook.prefix_v
+    if normed_prefix is not None:  # hidden tokens inserted at this layer
+      n = normed_prefix.shape[1]
+      pb = normed_prefix.shape[0]
+      pk = key(normed_prefix, lora.get('key')).reshape(pb, n, kv_heads, hd)
+      pv = value(normed_prefix, lora.get('value')).reshape(pb, n, kv_heads, hd)
+      prefix_k = pk if prefix_k is None else jnp.concatenate(
+          [jnp.broadcast_to(prefix_k, (max(pb, prefix_k.shape[0]),) +
+                            prefix_k.shape[1:]), pk], 1)
+      prefix_v = pv if prefix_v is None else jnp.concatenate(
+          [jnp.broadcast_to(prefix_v, (max(pb, prefix_v.shape[0]),) +
+                            prefix_v.shape[1:]), pv], 1)
+    out = attention.attend(q, k, v, key_mask=key_mask, causal=cfg.causal,
+                           prefix_k=prefix_k, prefix_v=prefix_v, ntk=hook.ntk)
+    out = out.reshape(b, t, heads * hd)
+    return Projection(cfg.hidden_size, cfg.attn_bias, name='out')(
+        out, lora.get('out'))
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    act = ACTIVATIONS[cfg.activation]
+    up = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name='up')(x)
+    if cfg.gated_mlp:
+      gate = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias,
+                      name='gate')(x)
+      h = act(gate) * up
+    else:
+      h = act(up)
+    return nn.Dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name='down')(h)
+
+
+class Block(nn.Module):
+  """One transformer layer: pre-norm (GPT-2, LLaMA, ViT) or post-norm (BERT)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, key_mask, positions, hook: LayerHook):
+    cfg = self.cfg
+    attn = SelfAttention(cfg, name='attn')
+    attn_norm = make_norm(cfg, 'attn_norm')
+    mlp_norm = make_norm(cfg, 'mlp_norm')
+    prefix_hidden = hook.prefix_hidden
+    if prefix_hidden is not None:
+      prefix_hidden = prefix_hidden.astype(x.dtype)
+    if cfg.pre_norm:
+      normed_prefix = None if prefix_hidden is None else attn_norm(
+          prefix_hidden)
+      x = x + attn(attn_norm(x), key_mask, positions, hook, normed_prefix)
+      x = x + Mlp(cfg, name='mlp')(mlp_norm(x))
+    else:
+      x = attn_norm(x + attn(x, key_mask, positions, hook, prefix_hidden))
+      x = mlp_norm(x + Mlp(cfg, name='mlp')(x))
+    return x
+
+
+def positions_from_mask(key_mask: Array, offset: int = 0) -> Array:
+  """Position of each token: count of real tokens before it (left padding ok)."""
+  key_mask = key_mask.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0) + offset
+
+
+def check_length(cfg: ModelConfig, total_tokens: int, what: str) -> None:
+  """Static check: no silent wrap-around of the position table."""
+  if cfg.rope_theta is None and total_tokens > cfg.max_input_tokens:
+    raise ValueError(
+        f'{what} needs {total_tokens} positions but {cfg.name or cfg.family} '
+        f'has max_position_embeddings allowing {cfg.max_input_tokens}. '
+        'Shorten the input (data.max_length, with data.truncate=True) or the '
+        'prefix/prompt length.')
+
+
+def maybe_remat(module_cls, policy: Optional[str]):
+  if not policy:
+    return module_cls
+  policies = {
+      'full': None,
+      'dots': jax.checkpoint_policies.checkpoint_dots,
+      'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  }
+  if policy not in policies:
+    raise ValueError(f'remat policy {policy!r}; expected one of '
+                     f'{sorted(policies)} or empty for none.')
+  return nn.remat(module_cls, policy=policies[policy])

@@ -1,0 +1,97 @@
+"""python -m ntk_prefix.sweep --config=configs/x.py --workdir=DIR
+
+Runs every point of the config file's `get_sweep()` (a list of override
+dicts) one after another, each in DIR/<point name>, and writes
+DIR/results.csv and DIR/results.md. On a cluster, launch one
+`python -m ntk_prefix.train` per point instead (`--point=N` runs only the
+N-th) and rerun the sweep command to collect the table. Finished points are
+not rerun.
+"""
+import csv
+import json
+import os
+import sys
+import time
+
+from ntk_prefix import config as config_lib
+
+
+def point_name(overrides: dict) -> str:
+  return ','.join(f'{k.split(".")[-1]}={v}' for k, v in overrides.items()) or 'base'
+
+
+def points(spec: str) -> list:
+  path = spec.partition(':')[0]
+  module = config_lib.load_file(path)
+  if not hasattr(module, 'get_sweep'):
+    raise SystemExit(f'{path} has no get_sweep().')
+  return module.get_sweep()
+
+
+def run(spec: str, workdir: str, overrides: list, only: int = -1) -> list:
+  from ntk_prefix import train
+  rows = []
+  for i, point in enumerate(points(spec)):
+    name = point_name(point)
+    out = os.path.join(workdir, name)
+    final = os.path.join(out, 'final_metrics.json')
+    if (only < 0 or only == i) and not os.path.exists(final):
+      config = config_lib.get_config(spec)
+      for key, value in list(overrides) + list(point.items()):
+        config_lib.override(config, key, value)
+      t0 = time.time()
+      train.train_and_evaluate(config, out)
+      with open(final) as f:
+        metrics = json.load(f)
+      metrics['wall_seconds'] = round(time.time() - t0, 1)
+      with open(final, 'w') as f:
+        json.dump(metrics, f, indent=2)
+    if os.path.exists(final):
+      with open(final) as f:
+        rows.append({'point': name, **point, **json.load(f)})
+  write_table(rows, workdir)
+  return rows
+
+
+def write_table(rows: list, workdir: str) -> None:
+  if not rows:
+    return
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, keys)
+    w.writeheader()
+    w.writerows(rows)
+  fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
+  lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
+  lines += ['| ' + ' | '.join(fmt(r.get(k, '')) for k in keys) + ' |'
+            for r in rows]
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  spec = workdir = None
+  only, overrides = -1, []
+  for a in argv:
+    if a.startswith('--config='):
+      spec = a.split('=', 1)[1]
+    elif a.startswith('--workdir='):
+      workdir = a.split('=', 1)[1]
+    elif a.startswith('--point='):
+      only = int(a.split('=', 1)[1])
+    elif a.startswith('--config.'):
+      key, _, value = a[len('--config.'):].partition('=')
+      overrides.append((key, value))
+    else:
+      raise SystemExit(f'unknown argument {a}')
+  if not spec or not workdir:
+    raise SystemExit('--config=FILE.py and --workdir=DIR are required.')
+  rows = run(spec, workdir, overrides, only)
+  print(open(os.path.join(workdir, 'results.md')).read() if rows else
+        'no finished points')
+
+
+if __name__ == '__main__':
+  main()

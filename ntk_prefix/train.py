@@ -1,0 +1,369 @@
+"""python -m ntk_prefix.train --config=configs/default.py --workdir=DIR
+
+config -> mesh -> frozen model -> method state -> jitted sharded step over
+the method state alone -> metrics.jsonl, TensorBoard, orbax checkpoints.
+Running the same command on the same DIR resumes from the last checkpoint;
+the batch of step s depends only on (seed, s), so a resumed run equals an
+uninterrupted one.
+"""
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ntk_prefix import checkpoints, config as config_lib, export, methods
+from ntk_prefix import models, sharding
+from ntk_prefix.checkpoints.paths import resolve
+from ntk_prefix.data import builders, pipeline
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run builds before its first step."""
+  config: Any
+  model_cfg: models.ModelConfig
+  frozen_params: Any
+  tokenizer: Any
+  method: methods.Method
+  train_ds: pipeline.Dataset
+  eval_ds: pipeline.Dataset
+  kind: str  # task kind: 'text_classification', 'generation', ...
+  mesh: Any
+
+
+def build(config) -> Setup:
+  """Loads and checks everything; all config errors surface here."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(config.batch_size, mesh)
+  if config.task.name not in builders.TASKS:
+    raise ValueError(f'task.name={config.task.name!r} is not a task; known: '
+                     f'{sorted(builders.TASKS)}.')
+  kind = builders.TASKS[config.task.name].kind
+  path = resolve(config.model.path)
+  model_cfg, frozen, _ = checkpoints.load(path)
+  if (kind == 'image') != model_cfg.is_vision:
+    raise ValueError(f'task.name={config.task.name!r} ({kind}) does not fit '
+                     f'model.path={config.model.path!r} ({model_cfg.family}).')
+  if kind == 'generation' and not model_cfg.is_decoder:
+    raise ValueError(f'task {config.task.name!r} generates text; '
+                     f'model.path={config.model.path!r} is an encoder.')
+  method = methods.from_config(config.method, model_cfg)
+  tokenizer = None if model_cfg.is_vision else checkpoints.load_tokenizer(path)
+  if tokenizer is not None and tokenizer.pad_token is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  t = config.task
+  if not model_cfg.is_vision and model_cfg.rope_theta is None:
+    room = model_cfg.max_input_tokens - method.position_offset()
+    if t.max_length > room:
+      raise ValueError(
+          f'task.max_length={t.max_length} plus the method\'s position offset '
+          f'({method.position_offset()}) exceeds the model\'s '
+          f'{model_cfg.max_input_tokens} positions; use at most {room}.')
+  manual = t.data_dir or config_lib.default_manual_dir()
+  prepared = t.prepared_dir or os.path.expanduser('~/.cache/ntk_prefix/tfds')
+  load = lambda split, limit: pipeline.load(
+      t.name, split, tokenizer, manual_dir=manual, data_dir=prepared,
+      max_length=t.max_length, truncate=t.truncate, limit=limit,
+      image_size=model_cfg.image_size, download=t.download)
+  train_ds = load(t.train_split, t.train_limit)
+  eval_ds = load(t.eval_split, t.eval_limit)
+  return Setup(config, model_cfg, frozen, tokenizer, method, train_ds, eval_ds,
+               kind, mesh)
+
+
+def init_method_params(s: Setup) -> dict:
+  rng = jax.random.PRNGKey(s.config.seed)
+  params = s.method.init(jax.random.fold_in(rng, 1), s.frozen_params,
+                         s.tokenizer)
+  if s.kind != 'generation':
+    params['head'] = models.init_classifier_head(
+        jax.random.fold_in(rng, 2), s.model_cfg, s.train_ds.num_labels)
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optimizer
+  warmup = min(o.warmup_steps, max(config.total_steps - 1, 0))
+  if o.schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, warmup, max(config.total_steps, warmup + 1),
+        o.lr * o.end_lr_ratio)
+  elif o.schedule == 'linear':
+    schedule = optax.join_schedules([
+        optax.linear_schedule(0.0, o.lr, max(warmup, 1)),
+        optax.linear_schedule(o.lr, o.lr * o.end_lr_ratio,
+                              max(config.total_steps - warmup, 1))], [warmup])
+  elif o.schedule == 'constant':
+    schedule = optax.constant_schedule(o.lr)
+  else:
+    raise ValueError(f"optimizer.schedule={o.schedule!r}; expected 'cosine', "
+                     "'linear' or 'constant'.")
+  # Weight decay only on matrices: never biases, norms, 1-d state.
+  decay_mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  opt = optax.chain(
+      optax.clip_by_global_norm(o.clip_norm),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                  mask=decay_mask))
+  if o.accumulate_steps > 1:
+    opt = optax.MultiSteps(opt, every_k_schedule=o.accumulate_steps)
+  return opt, schedule
+
+
+def loss_and_metrics(method_params, frozen_params, batch, rng, *, s: Setup,
+                     train: bool):
+  """Mean loss over real examples/tokens, plus sums for exact eval metrics."""
+  inputs = {k: v for k, v in batch.items()
+            if k not in ('labels', 'weights', 'loss_mask')}
+  out = models.apply(s.model_cfg, frozen_params, method_params, inputs,
+                     adapter=s.method, train=train, rng=rng,
+                     remat=s.config.model.remat,
+                     lm_logits=s.kind == 'generation')
+  weights = batch.get('weights')
+  if s.kind == 'generation':
+    logits = out['logits'][:, :-1].astype(jnp.float32)
+    targets = batch['input_ids'][:, 1:]
+    mask = batch['loss_mask'][:, 1:].astype(jnp.float32)
+    if weights is not None:
+      mask = mask * weights[:, None]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, -1) == targets) * mask
+    count = jnp.sum(mask)
+    loss = jnp.sum(nll * mask) / jnp.maximum(count, 1.0)
+    return loss, {'loss_sum': jnp.sum(nll * mask), 'correct': jnp.sum(correct),
+                  'count': count}
+  logits = out['class_logits']
+  w = jnp.ones(logits.shape[0]) if weights is None else weights
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                        batch['labels'])
+  correct = (jnp.argmax(logits, -1) == batch['labels']) * w
+  loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return loss, {'loss_sum': jnp.sum(nll * w), 'correct': jnp.sum(correct),
+                'count': jnp.sum(w)}
+
+
+def make_steps(s: Setup, opt, frozen_sharding):
+  """The jitted train and eval steps with explicit shardings."""
+  replicated = NamedSharding(s.mesh, P())
+  batch_sharding = NamedSharding(s.mesh, P('data'))
+
+  def train_step(method_params, opt_state, frozen_params, batch, rng):
+    (loss, _), grads = jax.value_and_grad(
+        loss_and_metrics, has_aux=True)(method_params, frozen_params, batch,
+                                        rng, s=s, train=True)
+    updates, opt_state = opt.update(grads, opt_state, method_params)
+    method_params = optax.apply_updates(method_params, updates)
+    return method_params, opt_state, {'train_loss': loss,
+                                      'grad_norm': optax.global_norm(grads)}
+
+  def eval_step(method_params, frozen_params, batch):
+    _, sums = loss_and_metrics(method_params, frozen_params, batch, None, s=s,
+                               train=False)
+    return sums
+
+  train = jax.jit(
+      train_step,
+      in_shardings=(replicated, replicated, frozen_sharding, batch_sharding,
+                    replicated),
+      out_shardings=(replicated, replicated, replicated),
+      donate_argnums=(0, 1))
+  evaluate = jax.jit(eval_step,
+                     in_shardings=(replicated, frozen_sharding, batch_sharding),
+                     out_shardings=replicated)
+  return train, evaluate
+
+
+def run_eval(s: Setup, evaluate, method_params, frozen_params) -> dict:
+  total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  for batch in pipeline.eval_batches(s.eval_ds, s.config.eval_batch_size):
+    sums = jax.device_get(evaluate(method_params, frozen_params, batch))
+    for k in total:
+      total[k] += float(sums[k])
+  n = max(total['count'], 1.0)
+  metrics = {'eval_loss': total['loss_sum'] / n,
+             'eval_accuracy': total['correct'] / n}
+  if s.kind == 'generation':
+    metrics['eval_perplexity'] = float(np.exp(min(metrics['eval_loss'], 50)))
+    metrics['eval_token_accuracy'] = metrics.pop('eval_accuracy')
+  return metrics
+
+
+class MetricsLog:
+  """metrics.jsonl (truncated to the resumed step) plus TensorBoard."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l)['step'] <= resume_step]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    except ImportError:  # optional
+      self.tb = None
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self.tb is not None:
+      for k, v in metrics.items():
+        self.tb.add_scalar(k, float(v), step)
+      self.tb.flush()
+
+
+def _checkpoint_manager(workdir: str, config):
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.max_to_keep,
+      enable_async_checkpointing=config.async_checkpoints)
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options)
+
+
+def restore_latest(manager, abstract_state):
+  """The newest readable checkpoint; a corrupt newest falls back to older."""
+  import orbax.checkpoint as ocp
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(
+          abstract_state))
+      return step, state
+    except Exception as e:  # truncated or corrupt: try the previous one
+      print(f'checkpoint {step} is unreadable ({type(e).__name__}: '
+            f'{str(e)[:200]}); trying an earlier one', file=sys.stderr)
+  return None, None
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming if DIR has checkpoints); returns the final metrics."""
+  import orbax.checkpoint as ocp
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  s = build(config)
+  dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
+  frozen_sharding = sharding.frozen_shardings(
+      s.frozen_params, config.sharding.frozen_rules, s.mesh)
+  frozen = jax.device_put(
+      jax.tree.map(lambda x: jnp.asarray(x, dtype), s.frozen_params),
+      frozen_sharding)
+  opt, schedule = make_optimizer(config)
+  replicated = NamedSharding(s.mesh, P())
+  method_params = jax.device_put(init_method_params(s), replicated)
+  opt_state = jax.device_put(opt.init(method_params), replicated)
+  rng = jax.random.PRNGKey(config.seed)
+  train_step, evaluate = make_steps(s, opt, frozen_sharding)
+
+  manager = _checkpoint_manager(workdir, config)
+  state = {'method_params': method_params, 'opt_state': opt_state,
+           'step': 0, 'rng': jax.random.key_data(rng)}
+  start, restored = restore_latest(manager, jax.tree.map(
+      ocp.utils.to_shape_dtype_struct, state))
+  if restored is not None:
+    method_params = jax.device_put(restored['method_params'], replicated)
+    opt_state = jax.device_put(restored['opt_state'], replicated)
+    rng = jax.random.wrap_key_data(jnp.asarray(restored['rng']))
+    start = int(restored['step'])
+    print(f'resumed from step {start} in {workdir}', file=sys.stderr)
+  else:
+    start = 0
+  log = MetricsLog(workdir, start)
+
+  n_trainable = methods.count_params(method_params)
+  print(f'{s.method.name} on {s.model_cfg.family} ({config.model.path}): '
+        f'{n_trainable:,} trainable / {methods.count_params(s.frozen_params):,}'
+        f' frozen parameters; task {config.task.name}: {len(s.train_ds)} train,'
+        f' {len(s.eval_ds)} eval examples; mesh {dict(s.mesh.shape)}',
+        file=sys.stderr)
+
+  def save(step, params, opt_state):
+    manager.save(step, args=ocp.args.StandardSave(
+        {'method_params': params, 'opt_state': opt_state, 'step': step,
+         'rng': jax.random.key_data(rng)}))
+
+  best = -np.inf
+  metrics = {}
+  from tqdm import tqdm
+  bar = tqdm(total=config.total_steps, initial=start, disable=not
+             config.progress, dynamic_ncols=True, desc=s.method.name)
+  t_last, n_last = time.time(), 0
+  for step in range(start, config.total_steps):
+    batch = pipeline.train_batch(s.train_ds, step, config.batch_size,
+                                 config.seed)
+    method_params, opt_state, out = train_step(
+        method_params, opt_state, frozen, batch, jax.random.fold_in(rng, step))
+    loss = float(out['train_loss'])
+    if not np.isfinite(loss):
+      manager.wait_until_finished()
+      last = manager.latest_step()
+      raise FloatingPointError(
+          f'train_loss is {loss} at step {step + 1}; stopping. The last good '
+          f'checkpoint (step {last}) is kept in {workdir}/checkpoints. Lower '
+          'optimizer.lr or raise optimizer.warmup_steps.')
+    n_last += config.batch_size
+    done = step + 1
+    bar.update(1)
+    if done % config.log_every == 0 or done == config.total_steps:
+      rate = n_last / max(time.time() - t_last, 1e-9)
+      t_last, n_last = time.time(), 0
+      row = {'train_loss': loss, 'learning_rate': float(schedule(step)),
+             'grad_norm': float(out['grad_norm']),
+             'examples_per_second': rate}
+      log.write(done, row)
+      bar.set_postfix(loss=f'{loss:.4f}', ex_s=f'{rate:.1f}')
+    if done % config.eval_every == 0 or done == config.total_steps:
+      metrics = run_eval(s, evaluate, method_params, frozen)
+      log.write(done, metrics)
+      bar.write(f'step {done}: ' + ', '.join(f'{k}={v:.4f}'
+                                             for k, v in metrics.items()))
+      value = metrics.get(config.best_metric)
+      if value is not None and value > best:
+        best = value
+        export.save(os.path.join(workdir, 'best'), s.method,
+                    method_params, config.model.path)
+    if done % config.checkpoint_every == 0 or done == config.total_steps:
+      save(done, method_params, opt_state)
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  if not metrics and start >= config.total_steps:  # already finished
+    metrics = run_eval(s, evaluate, method_params, frozen)
+  export.save(os.path.join(workdir, 'final'), s.method, method_params,
+              config.model.path)
+  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+    json.dump({'step': config.total_steps, **metrics,
+               'trainable_params': n_trainable}, f, indent=2)
+  return metrics
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  config, rest = config_lib.from_argv(argv)
+  workdir = next((a.split('=', 1)[1] for a in rest
+                  if a.startswith('--workdir=')), None)
+  if workdir is None:
+    raise SystemExit('--workdir=DIR is required (it is where the run lives and '
+                     'resumes from).')
+  unknown = [a for a in rest if not a.startswith('--workdir=')]
+  if unknown:
+    raise SystemExit(f'unknown arguments: {unknown}')
+  if os.environ.get('NTK_PREFIX_MULTIHOST'):  # before any JAX computation
+    jax.distributed.initialize()
+  metrics = train_and_evaluate(config, workdir)
+  print(json.dumps(metrics))
+
+
+if __name__ == '__main__':
+  main()

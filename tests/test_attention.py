@@ -1,0 +1,130 @@
+"""The attention function (the hook point) against the NumPy reference."""
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from ntk_prefix.models import attention
+from ntk_prefix.models.hooks import NtkState
+
+
+def _inputs(seed, b=2, t=5, h=4, kv=2, d=8, m=3, scale=1.0):
+  rng = np.random.RandomState(seed)
+  q = scale * rng.randn(b, t, h, d).astype(np.float32)
+  k = scale * rng.randn(b, t, kv, d).astype(np.float32)
+  v = rng.randn(b, t, kv, d).astype(np.float32)
+  mask = np.ones((b, t), np.int32)
+  mask[-1, t - 2:] = 0
+  pk = rng.randn(1, m, kv, d).astype(np.float32)
+  pv = rng.randn(1, m, kv, d).astype(np.float32)
+  z = rng.randn(h, d, d).astype(np.float32)
+  kk = rng.randn(h, d).astype(np.float32)
+  return q, k, v, mask, pk, pv, z, kk
+
+
+@pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.parametrize('kv', [4, 2, 1])
+def test_ntk_attention_equals_reference(causal, kv):
+  q, k, v, mask, pk, pv, z, kk = _inputs(0, kv=kv)
+  out = attention.attend(q, k, v, key_mask=mask, causal=causal,
+                         ntk=NtkState(z=z, k=kk))
+  ref = reference.attention(q, k, v, mask, causal, ntk_z=z, ntk_k=kk)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_prefix_attention_equals_reference(causal):
+  q, k, v, mask, pk, pv, z, kk = _inputs(1)
+  out = attention.attend(q, k, v, key_mask=mask, causal=causal, prefix_k=pk,
+                         prefix_v=pv, ntk=NtkState(z=z, k=kk))
+  ref = reference.attention(q, k, v, mask, causal, pk, pv, z, kk)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_empty_or_masked_prefix_and_zero_ntk_change_nothing():
+  q, k, v, mask, pk, pv, z, kk = _inputs(2)
+  plain = attention.attend(q, k, v, key_mask=mask, causal=True)
+  empty = attention.attend(q, k, v, key_mask=mask, causal=True,
+                           prefix_k=pk[:, :0], prefix_v=pv[:, :0])
+  masked = attention.attend(q, k, v, key_mask=mask, causal=True, prefix_k=pk,
+                            prefix_v=pv, prefix_mask=np.zeros((1, 3), bool))
+  zero = attention.attend(q, k, v, key_mask=mask, causal=True,
+                          ntk=NtkState(z=0 * z, k=0 * kk))
+  for other in (empty, zero):  # bit for bit
+    np.testing.assert_array_equal(np.asarray(other), np.asarray(plain))
+  # A longer reduction may round differently in the last bit.
+  np.testing.assert_allclose(masked, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('logit', [80.0, -80.0])
+def test_large_logits_stay_finite_and_accurate(logit):
+  # Every logit equals `logit`: the official form multiplies exp(+-80)
+  # into its terms; ours must match the float64 reference.
+  d = 16
+  q = np.full((1, 4, 2, d), 1.0, np.float32)
+  k = np.full((1, 4, 2, d), logit * np.sqrt(d) / d, np.float32)
+  rng = np.random.RandomState(0)
+  k = k + 0.01 * rng.randn(*k.shape).astype(np.float32)
+  v = rng.randn(1, 4, 2, d).astype(np.float32)
+  z = rng.randn(2, d, d).astype(np.float32)
+  kk = np.abs(rng.randn(2, d)).astype(np.float32)
+  out = attention.attend(q, k, v, key_mask=None, causal=True,
+                         ntk=NtkState(z=z, k=kk))
+  ref = reference.attention(q, k, v, None, True, ntk_z=z, ntk_k=kk)
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4)
+
+
+def test_bfloat16_stays_finite_and_close():
+  q, k, v, mask, pk, pv, z, kk = _inputs(3, scale=6.0)  # logits in the tens
+  bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+  out = attention.attend(bf(q), bf(k), bf(v), key_mask=mask, causal=True,
+                         ntk=NtkState(z=z, k=kk))
+  assert out.dtype == jnp.bfloat16
+  f = lambda a: np.asarray(bf(a), np.float32)
+  ref = reference.attention(f(q), f(k), f(v), mask, True, ntk_z=z, ntk_k=kk)
+  out = np.asarray(out, np.float32)
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
+
+
+def test_zero_init_ntk_has_finite_gradients():
+  q, k, v, mask, _, _, z, kk = _inputs(4)
+
+  def loss(state):
+    return jnp.sum(attention.attend(q, k, v, key_mask=mask, causal=True,
+                                    ntk=NtkState(**state)) ** 2)
+
+  grads = jax.grad(loss)({'z': jnp.zeros_like(z), 'k': jnp.zeros_like(kk)})
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert np.abs(grads['z']).sum() > 0
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(b=st.integers(1, 2), t=st.integers(1, 6),
+                  kv=st.sampled_from([1, 2, 3]), g=st.integers(1, 3),
+                  d=st.sampled_from([2, 4, 8]), m=st.integers(0, 3),
+                  causal=st.booleans(), use_ntk=st.booleans(),
+                  seed=st.integers(0, 2 ** 16))
+def test_random_shapes_match_reference(b, t, kv, g, d, m, causal, use_ntk,
+                                       seed):
+  rng = np.random.RandomState(seed)
+  h = kv * g
+  q = rng.randn(b, t, h, d).astype(np.float32)
+  k = rng.randn(b, t, kv, d).astype(np.float32)
+  v = rng.randn(b, t, kv, d).astype(np.float32)
+  mask = (rng.rand(b, t) > 0.3).astype(np.int32)
+  mask[:, 0] = 1
+  pk = rng.randn(1, m, kv, d).astype(np.float32) if m else None
+  pv = rng.randn(1, m, kv, d).astype(np.float32) if m else None
+  z = rng.randn(h, d, d).astype(np.float32) if use_ntk else None
+  kk = rng.randn(h, d).astype(np.float32) if use_ntk else None
+  out = attention.attend(q, k, v, key_mask=mask, causal=causal, prefix_k=pk,
+                         prefix_v=pv,
+                         ntk=NtkState(z=z, k=kk) if use_ntk else None)
+  assert out.shape == (b, t, h, d)
+  ref = reference.attention(q, k, v, mask, causal, pk, pv, z, kk)
+  np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-5)

@@ -1,0 +1,224 @@
+"""The training system: sharded = unsharded, kill-and-resume = uninterrupted,
+NaN stops, corrupt checkpoints fall back, sweeps tabulate, errors are clear."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ntk_prefix import checkpoints, config as config_lib, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def tiny_encoder(tmp_path_factory):
+  """A tiny random BERT that uses the real MiniLM word-piece tokenizer."""
+  import transformers
+  from conftest import make_hf_model
+  model = make_hf_model('bert', vocab_size=30522, num_labels=3)
+  path = tmp_path_factory.mktemp('tiny_bert')
+  model.save_pretrained(str(path))
+  tok = transformers.AutoTokenizer.from_pretrained(
+      checkpoints.default_encoder_path())
+  tok.save_pretrained(str(path))
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def prepared_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_config(model_path, prepared, **overrides):
+  c = config_lib.get_config(os.path.join(REPO, 'configs/default.py:runlocal'))
+  c.model.path = model_path
+  c.task.name = 'cb'
+  c.task.prepared_dir = prepared
+  c.task.train_limit = 64
+  c.task.eval_limit = 32
+  c.task.max_length = 48
+  c.batch_size = 8
+  c.total_steps = 12
+  c.eval_every = 6
+  c.checkpoint_every = 4
+  c.log_every = 1
+  c.progress = False
+  c.mesh.data = 1
+  for k, v in overrides.items():
+    config_lib.override(c, k, v)
+  return c
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def losses(workdir):
+  return [r['train_loss'] for r in read_metrics(workdir) if 'train_loss' in r]
+
+
+def test_loss_falls_and_outputs_written(tiny_encoder, prepared_dir, tmp_path):
+  c = tiny_config(tiny_encoder, prepared_dir, total_steps=30,
+                  **{'optimizer.lr': 1e-2})
+  metrics = train.train_and_evaluate(c, str(tmp_path))
+  ls = losses(str(tmp_path))
+  assert np.mean(ls[-5:]) < np.mean(ls[:5])
+  assert 0.0 <= metrics['eval_accuracy'] <= 1.0
+  for name in ('config.json', 'final_metrics.json', 'final/method.json',
+               'final/method_state.safetensors', 'best/method.json'):
+    assert os.path.exists(tmp_path / name), name
+  assert os.listdir(tmp_path / 'tensorboard')
+  rows = read_metrics(str(tmp_path))
+  assert {'step', 'train_loss', 'learning_rate',
+          'examples_per_second'} <= set(rows[0])
+  assert any('eval_accuracy' in r for r in rows)
+
+
+@pytest.mark.parametrize('mesh,rules', [
+    ({'mesh.data': 8}, ()),
+    ({'mesh.data': 4, 'mesh.model': 2}, (('.*kernel', 'model'),
+                                         ('.*embedding', 'data'))),
+])
+def test_sharded_run_equals_unsharded(tiny_encoder, prepared_dir, tmp_path,
+                                      mesh, rules):
+  base = tiny_config(tiny_encoder, prepared_dir)
+  train.train_and_evaluate(base, str(tmp_path / 'one'))
+  sharded = tiny_config(tiny_encoder, prepared_dir, **mesh)
+  if rules:
+    sharded.sharding.frozen_rules = rules
+  train.train_and_evaluate(sharded, str(tmp_path / 'many'))
+  np.testing.assert_allclose(losses(str(tmp_path / 'many')),
+                             losses(str(tmp_path / 'one')), rtol=2e-5)
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_encoder, prepared_dir,
+                                              tmp_path):
+  overrides = {'total_steps': 40, 'checkpoint_every': 5, 'eval_every': 20}
+  straight = tiny_config(tiny_encoder, prepared_dir, **overrides)
+  train.train_and_evaluate(straight, str(tmp_path / 'straight'))
+
+  workdir = str(tmp_path / 'killed')
+  cmd = [sys.executable, '-m', 'ntk_prefix.train',
+         f'--config={REPO}/configs/default.py:runlocal',
+         f'--workdir={workdir}']
+  c = tiny_config(tiny_encoder, prepared_dir, **overrides)
+  for key in ('model.path', 'task.name', 'task.prepared_dir',
+              'task.train_limit', 'task.eval_limit', 'task.max_length',
+              'batch_size', 'total_steps', 'eval_every', 'checkpoint_every',
+              'log_every', 'progress', 'mesh.data'):
+    node = c
+    for part in key.split('.'):
+      node = node[part]
+    cmd.append(f'--config.{key}={node}')
+  env = dict(os.environ, PYTHONUNBUFFERED='1')
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpts = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill once a mid-run checkpoint exists
+    done = [d for d in os.listdir(ckpts)] if os.path.isdir(ckpts) else []
+    if any(d.isdigit() and 10 <= int(d) < 40 for d in done):
+      break
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(workdir, 'final_metrics.json'))
+  resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from step' in resumed.stderr
+  a = read_metrics(str(tmp_path / 'straight'))
+  b = read_metrics(workdir)
+  assert [r['step'] for r in a] == [r['step'] for r in b]
+  for ra, rb in zip(a, b):
+    for k in ra:
+      if k not in ('examples_per_second',):
+        np.testing.assert_allclose(rb[k], ra[k], rtol=1e-6, err_msg=k)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_encoder,
+                                                       prepared_dir, tmp_path):
+  c = tiny_config(tiny_encoder, prepared_dir, checkpoint_every=1,
+                  **{'optimizer.lr': 1e30, 'optimizer.warmup_steps': 0,
+                     'optimizer.schedule': 'constant',
+                     'optimizer.clip_norm': 1e30})
+  with pytest.raises(FloatingPointError, match=r'at step \d+.*last good'):
+    train.train_and_evaluate(c, str(tmp_path))
+  steps = [int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()]
+  assert steps  # the good steps before the NaN were kept
+
+
+def test_corrupt_latest_checkpoint_falls_back(tiny_encoder, prepared_dir,
+                                              tmp_path):
+  c = tiny_config(tiny_encoder, prepared_dir, total_steps=8,
+                  checkpoint_every=4, async_checkpoints=False)
+  train.train_and_evaluate(c, str(tmp_path))
+  latest = tmp_path / 'checkpoints' / '8'
+  for root, _, files in os.walk(latest):  # truncate every file
+    for f in files:
+      open(os.path.join(root, f), 'w').close()
+  c.total_steps = 10
+  train.train_and_evaluate(c, str(tmp_path))
+  steps = [r['step'] for r in read_metrics(str(tmp_path)) if 'train_loss' in r]
+  assert steps == list(range(1, 11))  # 5..8 replayed from checkpoint 4
+
+
+def test_sweep_writes_table(tiny_encoder, prepared_dir, tmp_path):
+  from ntk_prefix import sweep
+  cfg = tmp_path / 'cfg.py'
+  cfg.write_text(
+      'import sys\nsys.path.insert(0, %r)\n' % os.path.join(REPO, 'configs') +
+      'from default import get_config\n'
+      'def get_sweep():\n'
+      "  return [{'method.name': 'ntk_attention'}, {'method.name': 'lora'}]\n")
+  overrides = [('model.path', tiny_encoder), ('task.name', 'cb'),
+               ('task.prepared_dir', prepared_dir), ('total_steps', '4'),
+               ('progress', 'false'), ('mesh.data', '1')]
+  rows = sweep.run(f'{cfg}:runlocal', str(tmp_path / 'sweep'), overrides)
+  assert [r['method.name'] for r in rows] == ['ntk_attention', 'lora']
+  table = (tmp_path / 'sweep' / 'results.md').read_text()
+  assert 'eval_accuracy' in table and 'lora' in table
+  assert (tmp_path / 'sweep' / 'results.csv').exists()
+
+
+def test_config_errors_are_clear(tiny_encoder, prepared_dir, tmp_path):
+  c = tiny_config(tiny_encoder, prepared_dir)
+  with pytest.raises(KeyError, match=r"optimizer.lr'\]|Nearest.*optimizer.lr"):
+    config_lib.override(c, 'optimizer.lrr', '1')
+  with pytest.raises(ValueError, match='needs 64 devices but 8'):
+    train.build(tiny_config(tiny_encoder, prepared_dir, **{'mesh.data': 64}))
+  with pytest.raises(ValueError, match='batch_size=6 is not divisible'):
+    train.build(tiny_config(tiny_encoder, prepared_dir, batch_size=6,
+                            **{'mesh.data': 4}))
+  with pytest.raises(ValueError, match="has no split 'test'"):
+    train.build(tiny_config(tiny_encoder, prepared_dir,
+                            **{'task.eval_split': 'test'}))
+  with pytest.raises(FileNotFoundError, match='missing data file'):
+    train.build(tiny_config(tiny_encoder, str(tmp_path / 'p'), **{
+        'task.data_dir': str(tmp_path / 'nowhere')}))
+  with pytest.raises(ValueError, match='encoder'):
+    train.build(tiny_config(tiny_encoder, prepared_dir,
+                            **{'task.name': 'gsm8k'}))
+  with pytest.raises(ValueError, match='exceeds'):
+    train.build(tiny_config(tiny_encoder, prepared_dir, **{
+        'task.max_length': 60, 'method.name': 'p_tuning_v2'}))
+  with pytest.raises(ValueError, match='more than task.max_length'):
+    train.build(tiny_config(tiny_encoder, str(tmp_path / 'q'), **{
+        'task.truncate': False, 'task.max_length': 8}))
+
+
+def test_plot_command_writes_png(tiny_encoder, prepared_dir, tmp_path):
+  from ntk_prefix import plot
+  c = tiny_config(tiny_encoder, prepared_dir, total_steps=4)
+  train.train_and_evaluate(c, str(tmp_path / 'run'))
+  out = plot.plot([str(tmp_path / 'run')], str(tmp_path / 'c.png'))
+  with open(out, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
