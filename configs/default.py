@@ -20,7 +20,7 @@ def get_config(arg: str = ''):
   c.optimizer.warmup_steps = 30
   c.batch_size = 32
   c.total_steps = 600  # ~19k examples, a quarter epoch: minutes on 2 cores
-  c.eval_every = 300
+  c.eval_every = 100
   c.checkpoint_every = 100
   if 'runlocal' in arg:
     c.task.train_limit = 256

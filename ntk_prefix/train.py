@@ -162,7 +162,7 @@ def make_steps(s: Setup, opt, frozen_sharding):
     updates, opt_state = opt.update(grads, opt_state, method_params)
     method_params = optax.apply_updates(method_params, updates)
     return method_params, opt_state, {'train_loss': loss,
-                                      'grad_norm': optax.global_norm(grads)}
+                                      'grad_norm': optax.tree.norm(grads)}
 
   def eval_step(method_params, frozen_params, batch):
     _, sums = loss_and_metrics(method_params, frozen_params, batch, None, s=s,
@@ -298,7 +298,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from tqdm import tqdm
   bar = tqdm(total=config.total_steps, initial=start, disable=not
              config.progress, dynamic_ncols=True, desc=s.method.name)
-  t_last, n_last = time.time(), 0
+  t_last, n_last, interval_losses = time.time(), 0, []
   for step in range(start, config.total_steps):
     batch = pipeline.train_batch(s.train_ds, step, config.batch_size,
                                  config.seed)
@@ -313,16 +313,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f'checkpoint (step {last}) is kept in {workdir}/checkpoints. Lower '
           'optimizer.lr or raise optimizer.warmup_steps.')
     n_last += config.batch_size
+    interval_losses.append(loss)
     done = step + 1
     bar.update(1)
     if done % config.log_every == 0 or done == config.total_steps:
       rate = n_last / max(time.time() - t_last, 1e-9)
       t_last, n_last = time.time(), 0
-      row = {'train_loss': loss, 'learning_rate': float(schedule(step)),
+      # Mean over the steps since the last log line (a single batch is noisy).
+      row = {'train_loss': float(np.mean(interval_losses)),
+             'learning_rate': float(schedule(step)),
              'grad_norm': float(out['grad_norm']),
              'examples_per_second': rate}
       log.write(done, row)
-      bar.set_postfix(loss=f'{loss:.4f}', ex_s=f'{rate:.1f}')
+      interval_losses = []
+      bar.set_postfix(loss=f"{row['train_loss']:.4f}", ex_s=f'{rate:.1f}')
     if done % config.eval_every == 0 or done == config.total_steps:
       metrics = run_eval(s, evaluate, method_params, frozen)
       log.write(done, metrics)
