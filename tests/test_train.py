@@ -222,3 +222,49 @@ def test_plot_command_writes_png(tiny_encoder, prepared_dir, tmp_path):
   out = plot.plot([str(tmp_path / 'run')], str(tmp_path / 'c.png'))
   with open(out, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_accumulation_bfloat16_and_remat_train(tiny_encoder, prepared_dir,
+                                               tmp_path):
+  c = tiny_config(tiny_encoder, prepared_dir, total_steps=4, **{
+      'optimizer.accumulate_steps': 2, 'model.dtype': 'bfloat16',
+      'model.remat': 'full', 'method.name': 'prefix_tuning'})
+  metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert np.all(np.isfinite(losses(str(tmp_path))))
+  assert np.isfinite(metrics['eval_loss'])
+
+
+def test_generation_task_on_a_decoder(hf_checkpoint, prepared_dir, tmp_path):
+  """GSM8K as language modelling: loss on the answer tokens only."""
+  import transformers
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
+  tok = checkpoints.load_tokenizer(checkpoints.default_decoder_path())
+  tok.save_pretrained(path)
+  c = tiny_config(path, prepared_dir, total_steps=4, **{
+      'task.name': 'gsm8k', 'task.eval_split': 'test', 'task.max_length': 96,
+      'task.train_limit': 16, 'task.eval_limit': 8, 'method.name': 'iapt',
+      'best_metric': 'eval_token_accuracy'})
+  metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert np.isfinite(metrics['eval_loss']) and metrics['eval_perplexity'] > 1
+  from ntk_prefix.data import pipeline
+  ds = pipeline.load('gsm8k', 'test', tok, manual_dir=c.task.data_dir or
+                     config_lib.default_manual_dir(), data_dir=prepared_dir,
+                     max_length=96, truncate=True, limit=8)
+  row = ds.arrays
+  # The loss covers the answer, never the question; prompt_mask the question.
+  assert np.all(row['loss_mask'] * row['prompt_mask'] == 0)
+  # Rows whose answer was cut by truncation have no loss tokens; others do.
+  assert row['loss_mask'].sum() > 0
+  fits = row['attention_mask'].sum(1) < 96
+  assert np.all(row['loss_mask'][fits].sum(1) > 0)
+
+
+def test_vision_pipeline_check_on_digits(hf_checkpoint, prepared_dir,
+                                         tmp_path):
+  """A pipeline check (tiny random ViT, sklearn digits), not a result."""
+  path, _ = hf_checkpoint('vit')
+  c = tiny_config(path, prepared_dir, total_steps=4, **{
+      'task.name': 'digits', 'task.eval_split': 'test',
+      'method.name': 'ntk_attention'})
+  metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert 0.0 <= metrics['eval_accuracy'] <= 1.0
