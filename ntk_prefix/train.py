@@ -298,7 +298,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from tqdm import tqdm
   bar = tqdm(total=config.total_steps, initial=start, disable=not
              config.progress, dynamic_ncols=True, desc=s.method.name)
-  t_last, n_last, interval_losses = time.time(), 0, []
+  t_last, interval_losses = time.time(), []
   for step in range(start, config.total_steps):
     batch = pipeline.train_batch(s.train_ds, step, config.batch_size,
                                  config.seed)
@@ -312,13 +312,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f'train_loss is {loss} at step {step + 1}; stopping. The last good '
           f'checkpoint (step {last}) is kept in {workdir}/checkpoints. Lower '
           'optimizer.lr or raise optimizer.warmup_steps.')
-    n_last += config.batch_size
     interval_losses.append(loss)
     done = step + 1
     bar.update(1)
     if done % config.log_every == 0 or done == config.total_steps:
-      rate = n_last / max(time.time() - t_last, 1e-9)
-      t_last, n_last = time.time(), 0
+      examples = len(interval_losses) * config.batch_size
+      rate = examples / max(time.time() - t_last, 1e-9)
+      t_last = time.time()
       # Mean over the steps since the last log line (a single batch is noisy).
       row = {'train_loss': float(np.mean(interval_losses)),
              'learning_rate': float(schedule(step)),
