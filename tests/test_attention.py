@@ -106,11 +106,13 @@ def test_zero_init_ntk_has_finite_gradients():
 @hypothesis.settings(max_examples=25, deadline=None)
 @hypothesis.given(b=st.integers(1, 2), t=st.integers(1, 6),
                   kv=st.sampled_from([1, 2, 3]), g=st.integers(1, 3),
-                  d=st.sampled_from([2, 4, 8]), m=st.integers(0, 3),
+                  d=st.sampled_from([2, 4, 8]), m=st.integers(0, 7),
                   causal=st.booleans(), use_ntk=st.booleans(),
+                  per_row_prefix=st.booleans(),
+                  chunk=st.sampled_from([1, 3, attention.PREFIX_CHUNK]),
                   seed=st.integers(0, 2 ** 16))
 def test_random_shapes_match_reference(b, t, kv, g, d, m, causal, use_ntk,
-                                       seed):
+                                       per_row_prefix, chunk, seed):
   rng = np.random.RandomState(seed)
   h = kv * g
   q = rng.randn(b, t, h, d).astype(np.float32)
@@ -118,13 +120,54 @@ def test_random_shapes_match_reference(b, t, kv, g, d, m, causal, use_ntk,
   v = rng.randn(b, t, kv, d).astype(np.float32)
   mask = (rng.rand(b, t) > 0.3).astype(np.int32)
   mask[:, 0] = 1
-  pk = rng.randn(1, m, kv, d).astype(np.float32) if m else None
-  pv = rng.randn(1, m, kv, d).astype(np.float32) if m else None
+  pb = b if per_row_prefix else 1
+  pk = rng.randn(pb, m, kv, d).astype(np.float32) if m else None
+  pv = rng.randn(pb, m, kv, d).astype(np.float32) if m else None
   z = rng.randn(h, d, d).astype(np.float32) if use_ntk else None
   kk = rng.randn(h, d).astype(np.float32) if use_ntk else None
   out = attention.attend(q, k, v, key_mask=mask, causal=causal, prefix_k=pk,
-                         prefix_v=pv,
+                         prefix_v=pv, prefix_chunk=chunk,
                          ntk=NtkState(z=z, k=kk) if use_ntk else None)
   assert out.shape == (b, t, h, d)
   ref = reference.attention(q, k, v, mask, causal, pk, pv, z, kk)
   np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-5)
+
+
+def test_chunked_prefix_has_the_same_gradients():
+  q, k, v, mask, pk, pv, z, kk = _inputs(5, m=10)
+  pmask = np.ones((1, 10), bool)
+  pmask[0, 4] = False
+
+  def loss(pk, pv, q, chunk):
+    out = attention.attend(q, k, v, key_mask=mask, causal=True, prefix_k=pk,
+                           prefix_v=pv, prefix_mask=pmask,
+                           ntk=NtkState(z=z, k=kk), prefix_chunk=chunk)
+    return jnp.sum(jnp.sin(out))
+
+  whole = jax.grad(loss, argnums=(0, 1, 2))(pk, pv, q, 100)
+  chunked = jax.grad(loss, argnums=(0, 1, 2))(pk, pv, q, 3)
+  for a, b in zip(whole, chunked):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert np.all(np.asarray(whole[0])[0, 4] == 0)  # a masked row learns nothing
+
+
+def test_chunked_prefix_memory_does_not_grow_with_m_times_sequence():
+  b, t, h, d = 2, 256, 4, 16
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(b, t, h, d), jnp.float32)
+
+  def temp_bytes(m, chunk):
+    pk = jnp.zeros((1, m, h, d))
+    def loss(pk, pv):
+      return jnp.sum(attention.attend(q, q, q, key_mask=None, causal=True,
+                                      prefix_k=pk, prefix_v=pv,
+                                      prefix_chunk=chunk))
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(pk, pk).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  logits_bytes = b * h * t * 8192 * 4  # one [b, h, t, 8192] float32 array
+  # Attending to the prefix whole stores logits for the backward pass ...
+  assert temp_bytes(16384, 16384) - temp_bytes(8192, 8192) > logits_bytes
+  # ... the chunked path grows only with m x head_dim (the gradients).
+  growth = temp_bytes(16384, 128) - temp_bytes(8192, 128)
+  assert growth < logits_bytes / 8

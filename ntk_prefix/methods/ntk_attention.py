@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ntk_prefix.methods import base
-from ntk_prefix.models.attention import feature_map
+from ntk_prefix.models.attention import prefix_summary
 from ntk_prefix.models.hooks import LayerHook, NtkState
 
 
@@ -92,9 +92,7 @@ class NtkAttention(base.Method):
     prefix_k, prefix_v: [layers, m, kv_heads, head_dim].
     """
     groups = self.model.num_heads // self.model.num_kv_heads
-    phi_k = feature_map(prefix_k, self.projection())  # [l, m, kv, r]
-    z = jnp.einsum('lmhr,lmhd->lhrd', phi_k, prefix_v.astype(jnp.float32))
-    k = jnp.sum(phi_k, axis=1)  # [l, kv, r]
+    z, k = prefix_summary(prefix_k, prefix_v, self.projection())
     return {'z': jnp.repeat(z, groups, axis=1), 'k': jnp.repeat(k, groups,
                                                                  axis=1)}
 

@@ -24,8 +24,8 @@ class NtkState(NamedTuple):
   All fields are arrays (so hooks pass through jit, remat and vmap); the
   feature map is `attention.feature_map(q, projection)`.
   """
-  z: Array  # [heads, features, head_dim]
-  k: Array  # [heads, features]
+  z: Array  # [heads, features, head_dim], or [batch, ...] one per row
+  k: Array  # [heads, features], or [batch, heads, features]
   # None: phi(q) = elu(q / head_dim**0.25) + 1 (the paper). Else fixed random
   # projections [features, head_dim] of positive random features.
   projection: Optional[Array] = None
