@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/default
 #   make test TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: run test install clean
+.PHONY: run test install bench figures clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Timings and memory (about 15 minutes on 2 cores): benchmarks/results/.
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.run
+
+# The NTK analysis figures of the README: docs/figures/.
+figures: install
+	$(PY) -m ntk_prefix.ntk.figures --out=docs/figures
 
 clean:
 	rm -rf $(VENV) workdirs

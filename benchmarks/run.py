@@ -1,0 +1,281 @@
+r"""make bench: cost per method, cost against prefix length, and the PEFT peer.
+
+  python -m benchmarks.run                       # all sweeps, default sizes
+  python -m benchmarks.run --sweeps=prefix_length --repeats=5
+  python -m benchmarks.run --full                # the issue's largest sizes
+
+Writes benchmarks/results/latest.json (one row per measurement),
+latest.md (the tables, with the command, commit, date and device) and
+step_time_vs_m.png. Configurations of one sweep are timed round-robin, so
+drift of a shared machine hits them alike; each figure is a median.
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import harness, report
+
+METHODS = ('ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
+           'lopa', 'iapt', 'lora', 'full')
+PREFIX_METHODS = ('prefix_tuning', 'p_tuning_v2', 'ntk_attention')
+
+
+def prefix_options(method: str, m: int) -> dict:
+  """Options giving `method` a prefix of m rows (shift_positions off, so a
+  prefix may be longer than the model's position table)."""
+  if method == 'ntk_attention':  # its state summarises m rows; cost is flat
+    return dict(init='prefix', init_prefix_length=m)
+  return dict(length=m, shift_positions=False)
+
+
+def timed_round_robin(steps: list, repeats: int, kind: str) -> list:
+  """Median seconds per step for each of `steps`, timed in turns."""
+  runs = [[] for _ in steps]
+  for r in range(repeats + 1):  # round 0 is the warm-up
+    for i, s in enumerate(steps):
+      seconds = s.run_train() if kind == 'train' else s.run_forward()
+      if r:
+        runs[i].append(seconds)
+  return [float(np.median(x)) for x in runs]
+
+
+def measure(sweep: str, model: str, configs: list, batch: int, length: int,
+            repeats: int, rate: float) -> list:
+  """configs: [(method, options, prefix_length)] on one model and batch."""
+  cfg, frozen = harness.load_model(model)
+  data = harness.make_batch(cfg, batch, length)
+  steps, rows = [], []
+  for method, options, m in configs:
+    print(f'  compiling {method} m={m}', flush=True)
+    steps.append(harness.Step(cfg, frozen, method, options, data,
+                              lm=cfg.is_decoder))
+  train = timed_round_robin(steps, repeats, 'train')
+  forward = timed_round_robin(steps, repeats, 'forward')
+  model_flops = 4 * harness.matmul_params(cfg, frozen) * batch * length
+  floor = {m: t for (meth, _, m), t in zip(configs, train)
+           if meth == harness.FLOOR}
+  floor_any = next(iter(floor.values()), None)
+  for (method, options, m), s, t, f in zip(configs, steps, train, forward):
+    frozen_t = floor.get(0, floor_any)
+    rows.append(dict(
+        sweep=sweep, model=os.path.basename(model.rstrip('/')),
+        method=method, prefix_length=m, options=options, batch=batch,
+        seq_len=length, params=s.param_count, step_seconds=t,
+        forward_seconds=f, examples_per_s=batch / t,
+        tokens_per_s=batch * length / t, compile_seconds=s.compile_seconds,
+        ratio_to_frozen=t / frozen_t if frozen_t else None,
+        peak_memory_bytes=s.memory_bytes,
+        forward_peak_memory_bytes=s.forward_memory_bytes,
+        trainable_bytes=s.param_bytes, optimizer_bytes=s.opt_bytes,
+        step_flops_xla=s.flops, model_flops=model_flops,
+        floor_fraction=model_flops / rate / t))
+    print(f'  {method:14s} m={m:<6d} {t:7.3f} s/step  fwd {f:6.3f} s', flush=True)
+  return rows
+
+
+def sweep_methods(model: str, batch: int, length: int, repeats: int,
+                  rate: float) -> list:
+  configs = [(harness.FLOOR, {}, 0)] + [(m, {}, 0) for m in METHODS]
+  return measure('methods', model, configs, batch, length, repeats, rate)
+
+
+def sweep_prefix_length(model: str, lengths: list, batch: int, length: int,
+                        repeats: int, rate: float) -> list:
+  configs = [(harness.FLOOR, {}, 0)]
+  for m in lengths:
+    if m:
+      configs += [(meth, prefix_options(meth, m), m) for meth in PREFIX_METHODS]
+  return measure('prefix_length', model, configs, batch, length, repeats, rate)
+
+
+def sweep_peer(model: str, batch: int, length: int, repeats: int,
+               rate: float) -> list:
+  """Ours and PEFT's step for the same method, alternating step by step."""
+  import copy
+  from benchmarks import peer
+  from ntk_prefix.checkpoints.paths import resolve
+  cfg, frozen = harness.load_model(model)
+  data = harness.make_batch(cfg, batch, length)
+  base = peer.load_base(resolve(model))
+  rows = []
+  model_flops = 4 * harness.matmul_params(cfg, frozen) * batch * length
+  for method in peer.PAIRS:
+    ours = harness.Step(cfg, frozen, method, peer.OURS[method], data, lm=True)
+    theirs = peer.PeftStep(copy.deepcopy(base), method, data)
+    times = {'ours': [], 'peft': []}
+    for r in range(repeats + 1):  # alternating: the figures reported
+      t_ours, t_peft = ours.run_train(), theirs.run_train()
+      if r:
+        times['ours'].append(t_ours)
+        times['peft'].append(t_peft)
+    # Back to back as well: on this machine a torch step slows the JAX step
+    # that follows it (benchmarks/README.md), so both views are recorded.
+    block = {'ours': [ours.run_train() for _ in range(repeats)],
+             'peft': [theirs.run_train() for _ in range(repeats)]}
+    t_ours, t_peft = (float(np.median(times[k])) for k in ('ours', 'peft'))
+    common = dict(sweep='peer', model=os.path.basename(model), method=method,
+                  prefix_length=peer.OURS[method].get('length', 0),
+                  batch=batch, seq_len=length, model_flops=model_flops)
+    b_ours, b_peft = (float(np.median(block[k])) for k in ('ours', 'peft'))
+    rows.append(dict(common, params=ours.param_count, step_seconds=t_ours,
+                     ratio_to_peer=t_ours / t_peft,
+                     step_seconds_back_to_back=b_ours,
+                     ratio_to_peer_back_to_back=b_ours / b_peft,
+                     peak_memory_bytes=ours.memory_bytes,
+                     floor_fraction=model_flops / rate / t_ours))
+    rows.append(dict(common, peer='peft', params=theirs.param_count,
+                     step_seconds=t_peft, ratio_to_peer=t_ours / t_peft,
+                     step_seconds_back_to_back=b_peft,
+                     ratio_to_peer_back_to_back=b_ours / b_peft,
+                     peak_memory_bytes=None,
+                     floor_fraction=model_flops / rate / t_peft))
+    print(f'  {method:14s} ours {t_ours:6.3f} s  peft {t_peft:6.3f} s  '
+          f'ours/peft {t_ours / t_peft:5.2f} alternating, '
+          f'{b_ours / b_peft:5.2f} back to back', flush=True)
+    del ours, theirs
+  return rows
+
+
+def sweep_mixed(model: str, adapters: int, rows_each: int, length: int,
+                repeats: int) -> list:
+  """Serving several adapters of one method: one mixed forward pass against
+  one pass per adapter (forward only, batch = adapters x rows_each)."""
+  import jax.numpy as jnp
+  from ntk_prefix import methods, models
+  from ntk_prefix.methods.mixed import Mixed
+  cfg, frozen = harness.load_model(model)
+  data = harness.make_batch(cfg, adapters * rows_each, length)
+  inputs = {k: jnp.asarray(data[k]) for k in ('input_ids', 'attention_mask')}
+  rows = []
+  for name in ('p_tuning_v2', 'ntk_attention'):
+    method = methods.get(name, cfg, {})
+    states = [method.init(jax.random.PRNGKey(i), frozen)
+              for i in range(adapters)]
+    mixed = Mixed(method)
+    params = {'adapters': mixed.stack(states), 'row_adapter': jnp.repeat(
+        jnp.arange(adapters), rows_each)}
+    together = jax.jit(lambda p, x: models.apply(
+        cfg, frozen, p, x, adapter=mixed, lm_logits=False)['pooled'])
+    apart = jax.jit(lambda p, x: models.apply(
+        cfg, frozen, p, x, adapter=method, lm_logits=False)['pooled'])
+    parts = [jax.tree.map(lambda a: a[i * rows_each:(i + 1) * rows_each],
+                          inputs) for i in range(adapters)]
+
+    def run_together():
+      t0 = time.perf_counter()
+      together(params, inputs).block_until_ready()
+      return time.perf_counter() - t0
+
+    def run_apart():
+      t0 = time.perf_counter()
+      for state, part in zip(states, parts):
+        apart(state, part).block_until_ready()
+      return time.perf_counter() - t0
+
+    t_mixed = harness.median_time(run_together, repeats)
+    t_apart = harness.median_time(run_apart, repeats)
+    rows.append(dict(sweep='mixed', model=os.path.basename(model), method=name,
+                     prefix_length=getattr(method.opts, 'length', 0),
+                     adapters=adapters, batch=adapters * rows_each,
+                     seq_len=length, step_seconds=t_mixed,
+                     sequential_seconds=t_apart,
+                     ratio_to_sequential=t_mixed / t_apart))
+    print(f'  {name:14s} mixed {t_mixed:6.3f} s  one after another '
+          f'{t_apart:6.3f} s', flush=True)
+  return rows
+
+
+def git_commit() -> str:
+  """The short commit, with '+changes' when the working tree differs."""
+  try:
+    commit = subprocess.check_output(['git', 'rev-parse', '--short', 'HEAD'],
+                                     text=True).strip()
+    dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD', '--', '.',
+                            ':!benchmarks/results'], check=False).returncode
+    return commit + ('+changes' if dirty else '')
+  except Exception:
+    return 'unknown'
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--sweeps', default='methods,prefix_length,peer,mixed')
+  p.add_argument('--encoder', default='minilm')
+  p.add_argument('--decoder', default='smollm2')
+  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--lengths', default='0,16,64,256,1024,4096,16384')
+  p.add_argument('--prefix_batch', type=int, default=8)
+  p.add_argument('--seq_len', type=int, default=128)
+  p.add_argument('--full', action='store_true',
+                 help='more repeats and m up to 65536 (for a big machine)')
+  p.add_argument('--out', default='benchmarks/results')
+  args = p.parse_args(argv)
+  if args.full:
+    args.repeats = max(args.repeats, 10)
+    args.lengths += ',65536'
+  sweeps = args.sweeps.split(',')
+  rate = harness.matmul_rate()
+  print(f'{jax.devices()[0].device_kind}: float32 matmul '
+        f'{rate / 1e9:.0f} GFLOP/s (2048x2048)', flush=True)
+  # Rows of sweeps not run now are kept from the last results.
+  rows = []
+  previous = os.path.join(args.out, 'latest.json')
+  if os.path.exists(previous):
+    with open(previous) as f:
+      rows = [r for r in json.load(f) if r['sweep'] not in sweeps]
+  t0 = time.time()
+  command = 'python -m benchmarks.run ' + ' '.join(
+      sys.argv[1:] if argv is None else argv)
+  # Results are written after every sweep, so a failure keeps the rest.
+  for name in sweeps:
+    print(name, flush=True)
+    rows = [r for r in rows if r['sweep'] != name]
+    if name == 'methods':
+      rows += sweep_methods(args.encoder, 32, args.seq_len, args.repeats, rate)
+      rows += sweep_methods(args.decoder, 8, args.seq_len, args.repeats, rate)
+    elif name == 'prefix_length':
+      lengths = [int(x) for x in args.lengths.split(',')]
+      rows += sweep_prefix_length(args.encoder, lengths, args.prefix_batch,
+                                  args.seq_len, args.repeats, rate)
+    elif name == 'peer':
+      rows += sweep_peer(args.decoder, 8, args.seq_len, args.repeats, rate)
+    elif name == 'mixed':
+      rows += sweep_mixed(args.encoder, 4, 8, args.seq_len, args.repeats)
+    else:
+      raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
+                       'prefix_length, peer, mixed.')
+    stamp = dict(command=command, commit=git_commit(),
+                 date=datetime.date.today().isoformat())
+    rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]
+    write(rows, command, rate, time.time() - t0, args.out)
+
+
+def write(rows: list, command: str, rate: float, seconds: float,
+          out: str) -> None:
+  meta = dict(
+      command=command, commit=git_commit(),
+      date=datetime.date.today().isoformat(),
+      device=jax.devices()[0].device_kind, platform=jax.default_backend(),
+      devices=jax.device_count(), cpu_count=os.cpu_count(),
+      jax=jax.__version__, matmul_flops_per_s=rate,
+      process_peak_rss_bytes=harness.process_peak_rss(),
+      device_peak_bytes=harness.device_peak_bytes(), wall_seconds=seconds)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'latest.json'), 'w') as f:
+    json.dump(rows, f, indent=1)
+  with open(os.path.join(out, 'meta.json'), 'w') as f:
+    json.dump(meta, f, indent=1)
+  paths = report.write(rows, meta, out)
+  print('wrote', ', '.join([os.path.join(out, 'latest.json')] + paths),
+        flush=True)
+
+
+if __name__ == '__main__':
+  main()

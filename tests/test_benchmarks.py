@@ -1,0 +1,33 @@
+"""The benchmark script runs and writes the promised files (no timing is
+asserted: speed is measured by the script, not by tests)."""
+import json
+import os
+
+from benchmarks import harness, run
+
+
+def test_bench_writes_rows_and_tables(hf_checkpoint, tmp_path):
+  encoder, _ = hf_checkpoint('bert')
+  decoder, _ = hf_checkpoint('llama')
+  out = str(tmp_path / 'results')
+  run.main(['--sweeps=methods,prefix_length,mixed', f'--encoder={encoder}',
+            f'--decoder={decoder}', '--lengths=0,300', '--repeats=1',
+            '--seq_len=8', '--prefix_batch=2', f'--out={out}'])
+  rows = json.load(open(os.path.join(out, 'latest.json')))
+  for key in ('method', 'prefix_length', 'step_seconds', 'ratio_to_frozen',
+              'peak_memory_bytes'):
+    assert all(key in r for r in rows if r['sweep'] != 'mixed')
+  methods = {r['method'] for r in rows if r['sweep'] == 'methods'}
+  assert methods == {harness.FLOOR, *run.METHODS}
+  lengths = {(r['method'], r['prefix_length']) for r in rows
+             if r['sweep'] == 'prefix_length'}
+  assert ('ntk_attention', 300) in lengths and ('p_tuning_v2', 300) in lengths
+  # Adam keeps two moments: trainable + optimizer state = 3x the parameters
+  # (plus Adam's step counter), and nothing for the frozen tree.
+  for r in rows:
+    if r['sweep'] == 'methods':
+      assert r['optimizer_bytes'] - 2 * r['trainable_bytes'] <= 8
+  for name in ('latest.md', 'meta.json', 'step_time_vs_m.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+  mixed = [r for r in rows if r['sweep'] == 'mixed']
+  assert {r['method'] for r in mixed} == {'p_tuning_v2', 'ntk_attention'}
