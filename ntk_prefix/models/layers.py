@@ -70,7 +70,11 @@ class SelfAttention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, key_mask, positions, hook: LayerHook, normed_prefix):
+  def __call__(self, x, key_mask, positions, hook: LayerHook, normed_prefix,
+               cache: Optional[dict] = None):
+    """Returns the output, or (output, {'k', 'v'}) when decoding with a
+    cache: {'k', 'v' [b, slots, kv_heads, head_dim], 'index': first slot of
+    x}; key_mask then covers the slots (already including x's)."""
     cfg = self.cfg
     lora = hook.lora or {}
     b, t, _ = x.shape
@@ -96,11 +100,22 @@ class SelfAttention(nn.Module):
       prefix_v = pv if prefix_v is None else jnp.concatenate(
           [jnp.broadcast_to(prefix_v, (max(pb, prefix_v.shape[0]),) +
                             prefix_v.shape[1:]), pv], 1)
+    query_key_mask = None
+    if cache is not None:  # write this step's keys/values into their slots
+      index = cache['index']
+      k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype),
+                                       (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype),
+                                       (0, index, 0, 0))
+      # Slots are in time order: query i (slot index + i) sees slots <= it.
+      query_key_mask = (jnp.arange(k.shape[1])[None, :] <=
+                        (index + jnp.arange(t))[:, None])[None]
     out = attention.attend(q, k, v, key_mask=key_mask, causal=cfg.causal,
-                           prefix_k=prefix_k, prefix_v=prefix_v, ntk=hook.ntk)
-    out = out.reshape(b, t, heads * hd)
-    return Projection(cfg.hidden_size, cfg.attn_bias, name='out')(
-        out, lora.get('out'))
+                           prefix_k=prefix_k, prefix_v=prefix_v, ntk=hook.ntk,
+                           query_key_mask=query_key_mask)
+    out = Projection(cfg.hidden_size, cfg.attn_bias, name='out')(
+        out.reshape(b, t, heads * hd), lora.get('out'))
+    return out if cache is None else (out, {'k': k, 'v': v})
 
 
 class Mlp(nn.Module):
@@ -125,8 +140,19 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, key_mask, positions, hook: LayerHook):
+  def __call__(self, x, key_mask, positions, hook: LayerHook,
+               cache: Optional[dict] = None):
+    """x, or (x, new cache) when given a KV cache (see SelfAttention)."""
     cfg = self.cfg
+    new_cache = None
+
+    def attend(h, prefix):
+      nonlocal new_cache
+      out = attn(h, key_mask, positions, hook, prefix, cache)
+      if cache is not None:
+        out, new_cache = out
+      return out
+
     attn = SelfAttention(cfg, name='attn')
     attn_norm = make_norm(cfg, 'attn_norm')
     mlp_norm = make_norm(cfg, 'mlp_norm')
@@ -136,12 +162,12 @@ class Block(nn.Module):
     if cfg.pre_norm:
       normed_prefix = None if prefix_hidden is None else attn_norm(
           prefix_hidden)
-      x = x + attn(attn_norm(x), key_mask, positions, hook, normed_prefix)
+      x = x + attend(attn_norm(x), normed_prefix)
       x = x + Mlp(cfg, name='mlp')(mlp_norm(x))
     else:
-      x = attn_norm(x + attn(x, key_mask, positions, hook, prefix_hidden))
+      x = attn_norm(x + attend(x, prefix_hidden))
       x = mlp_norm(x + Mlp(cfg, name='mlp')(x))
-    return x
+    return x if cache is None else (x, new_cache)
 
 
 def positions_from_mask(key_mask: Array, offset: int = 0) -> Array:

@@ -97,17 +97,38 @@ class Transformer(nn.Module):
     return x, positions
 
   def _run_blocks(self, x, mask, positions, method_params, use_adapter, train,
-                  rng):
+                  rng, condition=None):
+    """condition: the tokens a method may condition on (default: mask)."""
+    condition = mask if condition is None else condition
     for i, block in enumerate(self.blocks):
       hook = NO_LAYER_HOOK
       if use_adapter:
         layer_rng = None if rng is None else jax.random.fold_in(rng, i)
-        hook = self.adapter.layer_hook(method_params, i, x, mask, train,
+        hook = self.adapter.layer_hook(method_params, i, x, condition, train,
                                        layer_rng)
       x = block(x, mask, positions, hook)
     if self.cfg.pre_norm:
       x = self.final_norm(x)
     return x
+
+  def _conditioning(self, words, mask, inputs):
+    """(condition mask, instance_embedding thunk) for input-reading methods.
+
+    IAPT and LoPA see only the instruction ('prompt_mask', from the data
+    pipeline of generation tasks): a decoder must not condition on the answer
+    it is trained to produce. The thunk is the frozen model's own pooled
+    first pass over the input (LoPA's e(x)), computed only if asked for.
+    """
+    condition = inputs.get('prompt_mask')
+    condition = mask if condition is None else (
+        jnp.asarray(condition).astype(mask.dtype) * mask)
+
+    def instance_embedding():
+      x, positions = self._finish_embed(words, mask, inputs, 0)
+      hidden = self._run_blocks(x, mask, positions, None, False, False, None)
+      return jax.lax.stop_gradient(self._pool(hidden, condition))
+
+    return condition, instance_embedding
 
   def _pool(self, hidden, mask):
     cfg = self.cfg
@@ -124,13 +145,7 @@ class Transformer(nn.Module):
     offset = 0 if cfg.is_vision else adapter.position_offset()
     words, mask = self._embed(inputs)
     t = words.shape[1]
-
-    def instance_embedding():
-      """The frozen model's own pooled first pass, for LoPA-style methods."""
-      x, positions = self._finish_embed(words, mask, inputs, 0)
-      hidden = self._run_blocks(x, mask, positions, None, False, False, None)
-      return jax.lax.stop_gradient(self._pool(hidden, mask))
-
+    condition, instance_embedding = self._conditioning(words, mask, inputs)
     prompt = adapter.input_hook(method_params, words, instance_embedding,
                                 train, rng).prompt
     n = 0 if prompt is None else prompt.shape[1]
@@ -151,6 +166,7 @@ class Transformer(nn.Module):
         prompt = jnp.broadcast_to(prompt, (x.shape[0], n, cfg.hidden_size))
         x = insert(x, prompt.astype(x.dtype))
         mask = insert(mask, jnp.ones((x.shape[0], n), mask.dtype))
+        condition = insert(condition, jnp.ones((x.shape[0], n), mask.dtype))
         positions = insert(positions, jnp.zeros((x.shape[0], n),
                                                 positions.dtype))
     else:
@@ -158,6 +174,8 @@ class Transformer(nn.Module):
         prompt = jnp.broadcast_to(prompt, (words.shape[0], n, cfg.hidden_size))
         words = insert(words, prompt.astype(words.dtype))
         mask = insert(mask, jnp.ones((words.shape[0], n), mask.dtype))
+        condition = insert(condition, jnp.ones((words.shape[0], n),
+                                               mask.dtype))
         inputs = dict(inputs)
         if inputs.get('token_type_ids') is not None:
           inputs['token_type_ids'] = insert(
@@ -166,7 +184,7 @@ class Transformer(nn.Module):
       x, positions = self._finish_embed(words, mask, inputs, offset)
 
     hidden = self._run_blocks(x, mask, positions, method_params, True, train,
-                              rng)
+                              rng, condition)
     if n:
       hidden = jnp.concatenate([hidden[:, :at], hidden[:, at + n:]], 1)
       mask = jnp.concatenate([mask[:, :at], mask[:, at + n:]], 1)
@@ -183,3 +201,61 @@ class Transformer(nn.Module):
       out['class_logits'] = heads.classifier_logits(method_params['head'],
                                                     pooled)
     return out
+
+  def decode(self, method_params: Any, inputs: dict, cache: dict,
+             hooks: Optional[list] = None) -> tuple:
+    """New tokens of a decoder against its KV cache.
+
+    inputs: 'input_ids', 'attention_mask' [b, t] of the new tokens (the
+      left-padded prompt at prefill, then one token per call), optional
+      'prompt_mask' at prefill.
+    cache: 'k', 'v' [layers, b, slots, kv_heads, head_dim], 'mask' [b, slots],
+      'index' (the next free slot), 'count' [b] (tokens so far, soft prompt
+      included: the next position).
+    hooks: None at prefill, where each layer's LayerHook is computed from the
+      prompt and returned; afterwards the prefill's hooks, so deep prompts
+      and IAPT/LoPA prompts are computed once and NTK state enters every
+      step as in training.
+    Returns (logits [b, t, vocab] of the input positions, cache, hooks).
+    """
+    cfg, adapter = self.cfg, self.adapter
+    words, mask = self._embed(inputs)
+    prefill = hooks is None
+    n = 0
+    if prefill:
+      condition, instance_embedding = self._conditioning(words, mask, inputs)
+      prompt = adapter.input_hook(method_params, words, instance_embedding,
+                                  False, None).prompt
+      if prompt is not None:  # soft tokens lead the sequence in decoders
+        n = prompt.shape[1]
+        ones = jnp.ones((words.shape[0], n), mask.dtype)
+        prompt = jnp.broadcast_to(prompt, (words.shape[0], n, cfg.hidden_size))
+        words = jnp.concatenate([prompt.astype(words.dtype), words], 1)
+        mask = jnp.concatenate([ones, mask], 1)
+        condition = jnp.concatenate([ones, condition], 1)
+    positions = (layers.positions_from_mask(mask, adapter.position_offset())
+                 + cache['count'][:, None])
+    x = words
+    if cfg.rope_theta is None:
+      x = x + self.positions(positions).astype(x.dtype)
+    index = cache['index']
+    slot_mask = jax.lax.dynamic_update_slice(
+        cache['mask'], mask.astype(cache['mask'].dtype), (0, index))
+    new_k, new_v, new_hooks = [], [], []
+    for i, block in enumerate(self.blocks):
+      hook = (adapter.layer_hook(method_params, i, x, condition, False, None)
+              if prefill else hooks[i])
+      x, kv = block(x, slot_mask, positions, hook,
+                    cache={'k': cache['k'][i], 'v': cache['v'][i],
+                           'index': index})
+      new_k.append(kv['k'])
+      new_v.append(kv['v'])
+      new_hooks.append(hook)
+    if cfg.pre_norm:
+      x = self.final_norm(x)
+    x = x[:, n:]
+    logits = self.tokens.attend(x) if cfg.tie_embeddings else self.lm_head(x)
+    cache = {'k': jnp.stack(new_k), 'v': jnp.stack(new_v), 'mask': slot_mask,
+             'index': index + mask.shape[1],
+             'count': cache['count'] + jnp.sum(mask, 1).astype(jnp.int32)}
+    return logits, cache, new_hooks
