@@ -34,7 +34,8 @@ setup(
         # here); a bare `torch` requirement pulls gigabytes of CUDA.
         'test': ['pytest>=8,<10', 'hypothesis>=6.100,<7', 'nbclient>=0.10,<1',
                  'nbformat>=5.10,<6', 'ipykernel>=6.29,<8', 'accelerate>=1.0,<2',
-                 'sacrebleu>=2.4,<3'],
+                 'sacrebleu>=2.4,<3',
+                 'peft>=0.17,<1'],  # PEFT-format adapters are tested with PEFT
         'bench': ['peft>=0.17,<1', 'psutil>=5.9'],
     },
 )

@@ -57,7 +57,8 @@ def measure(sweep: str, model: str, configs: list, batch: int, length: int,
     steps.append(harness.Step(cfg, frozen, method, options, data,
                               lm=cfg.is_decoder))
   train = timed_round_robin(steps, repeats, 'train')
-  forward = timed_round_robin(steps, repeats, 'forward')
+  # Forward steps are a third of a train step and steadier: one round fewer.
+  forward = timed_round_robin(steps, max(repeats - 1, 1), 'forward')
   model_flops = 4 * harness.matmul_params(cfg, frozen) * batch * length
   floor = {m: t for (meth, _, m), t in zip(configs, train)
            if meth == harness.FLOOR}
@@ -117,8 +118,9 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
         times['peft'].append(t_peft)
     # Back to back as well: on this machine a torch step slows the JAX step
     # that follows it (benchmarks/README.md), so both views are recorded.
-    block = {'ours': [ours.run_train() for _ in range(repeats)],
-             'peft': [theirs.run_train() for _ in range(repeats)]}
+    back = max(repeats - 1, 1)
+    block = {'ours': [ours.run_train() for _ in range(back)],
+             'peft': [theirs.run_train() for _ in range(back)]}
     t_ours, t_peft = (float(np.median(times[k])) for k in ('ours', 'peft'))
     common = dict(sweep='peer', model=os.path.basename(model), method=method,
                   prefix_length=peer.OURS[method].get('length', 0),

@@ -234,8 +234,10 @@ def test_accumulation_bfloat16_and_remat_train(tiny_encoder, prepared_dir,
   assert np.isfinite(metrics['eval_loss'])
 
 
-def test_generation_task_on_a_decoder(hf_checkpoint, prepared_dir, tmp_path):
-  """GSM8K as language modelling: loss on the answer tokens only."""
+def test_generation_task_on_a_decoder(hf_checkpoint, prepared_dir, tmp_path,
+                                      capsys):
+  """GSM8K as language modelling: loss on the answer tokens only; then the
+  run decodes with `python -m ntk_prefix.generate`."""
   import transformers
   path, _ = hf_checkpoint('llama', vocab_size=49152)
   tok = checkpoints.load_tokenizer(checkpoints.default_decoder_path())
@@ -257,6 +259,17 @@ def test_generation_task_on_a_decoder(hf_checkpoint, prepared_dir, tmp_path):
   assert row['loss_mask'].sum() > 0
   fits = row['attention_mask'].sum(1) < 96
   assert np.all(row['loss_mask'][fits].sum(1) > 0)
+
+  from ntk_prefix import generate
+  for extra in ([], ['--beams', '2']):
+    capsys.readouterr()
+    generate.main(['--workdir', str(tmp_path), '--prompt', 'Question: 2+2?',
+                   '--prompt', 'Question: a longer one, 3+4?',
+                   '--max_new_tokens', '3'] + extra)
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert [l['prompt'] for l in lines] == ['Question: 2+2?',
+                                            'Question: a longer one, 3+4?']
+    assert all(isinstance(l['completion'], str) for l in lines)
 
 
 def test_vision_pipeline_check_on_digits(hf_checkpoint, prepared_dir,
