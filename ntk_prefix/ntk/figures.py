@@ -1,7 +1,7 @@
 r"""The NTK figures of the notebooks and the README, from library calls.
 
   python -m ntk_prefix.ntk.figures --out=docs/figures          # minutes
-  python -m ntk_prefix.ntk.figures --out=docs/figures --full   # m to 2^18
+  python -m ntk_prefix.ntk.figures --out=docs/figures --full   # m to 2^17 / 2^18
 
 Writes ntk_convergence.png, ntk_approximation.png and ntk_results.json (the
 numbers behind both, with the command that made them).
@@ -17,7 +17,7 @@ import numpy as np
 from ntk_prefix.ntk import approximation, stylized
 
 # The notebooks' defaults (a few minutes on 2 cores); --full goes further.
-CONVERGENCE_LENGTHS = (2, 8, 32, 128, 512, 2048, 8192, 32768)
+CONVERGENCE_LENGTHS = (2, 8, 32, 128, 512, 2048, 8192, 32768, 65536)
 APPROXIMATION_LENGTHS = (2, 16, 128, 1024, 8192, 65536)
 
 
@@ -131,7 +131,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   import matplotlib
   matplotlib.use('Agg')  # files only
-  conv = list(CONVERGENCE_LENGTHS) + ([65536] if args.full else [])
+  conv = list(CONVERGENCE_LENGTHS) + ([131072] if args.full else [])
   approx = list(APPROXIMATION_LENGTHS) + ([262144] if args.full else [])
   os.makedirs(args.out, exist_ok=True)
   print('stylised setting: m =', conv, flush=True)
