@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/default
 #   make test TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: run test install bench figures clean
+.PHONY: run test install bench figures experiments clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ bench: install
 # The NTK analysis figures of the README: docs/figures/.
 figures: install
 	$(PY) -m ntk_prefix.ntk.figures --out=docs/figures
+
+# The papers' comparisons at this machine's sizes (hours on 2 cores; runs
+# resume): experiments/results/. Add --full to a command for the papers' sizes.
+experiments: install
+	$(PY) -m experiments.nlu
+	$(PY) -m experiments.lm --task=gsm8k
+	$(PY) -m experiments.lm --task=e2e_nlg
+	$(PY) -m experiments.vision
 
 clean:
 	rm -rf $(VENV) workdirs

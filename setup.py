@@ -26,6 +26,8 @@ setup(
         'tensorboardX>=2.6,<3',
         'matplotlib>=3.8,<4',
         'scikit-learn>=1.4,<2',
+        'pillow>=10,<14',  # decoding and resizing tfds images
+        'sacrebleu>=2.4,<3',  # E2E BLEU in experiments/
         'numpy>=1.26,<3',
         'importlib_resources>=6',  # tfds imports it without declaring it
     ],
@@ -34,7 +36,6 @@ setup(
         # here); a bare `torch` requirement pulls gigabytes of CUDA.
         'test': ['pytest>=8,<10', 'hypothesis>=6.100,<7', 'nbclient>=0.10,<1',
                  'nbformat>=5.10,<6', 'ipykernel>=6.29,<8', 'accelerate>=1.0,<2',
-                 'sacrebleu>=2.4,<3',
                  'peft>=0.17,<1'],  # PEFT-format adapters are tested with PEFT
         'bench': ['peft>=0.17,<1', 'psutil>=5.9'],
     },

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -21,6 +20,7 @@ import jax
 import numpy as np
 
 from benchmarks import harness, report
+from ntk_prefix import provenance
 
 METHODS = ('ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
            'lopa', 'iapt', 'lora', 'full')
@@ -194,18 +194,6 @@ def sweep_mixed(model: str, adapters: int, rows_each: int, length: int,
   return rows
 
 
-def git_commit() -> str:
-  """The short commit, with '+changes' when the working tree differs."""
-  try:
-    commit = subprocess.check_output(['git', 'rev-parse', '--short', 'HEAD'],
-                                     text=True).strip()
-    dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD', '--', '.',
-                            ':!benchmarks/results'], check=False).returncode
-    return commit + ('+changes' if dirty else '')
-  except Exception:
-    return 'unknown'
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--sweeps', default='methods,prefix_length,peer,mixed')
@@ -253,7 +241,7 @@ def main(argv=None):
     else:
       raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
                        'prefix_length, peer, mixed.')
-    stamp = dict(command=command, commit=git_commit(),
+    stamp = dict(command=command, commit=provenance.git_commit(('benchmarks/results',)),
                  date=datetime.date.today().isoformat())
     rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]
     write(rows, command, rate, time.time() - t0, args.out)
@@ -262,7 +250,7 @@ def main(argv=None):
 def write(rows: list, command: str, rate: float, seconds: float,
           out: str) -> None:
   meta = dict(
-      command=command, commit=git_commit(),
+      command=command, commit=provenance.git_commit(('benchmarks/results',)),
       date=datetime.date.today().isoformat(),
       device=jax.devices()[0].device_kind, platform=jax.default_backend(),
       devices=jax.device_count(), cpu_count=os.cpu_count(),

@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train', eval_split='validation',
       max_length=64, truncate=True,
       train_limit=-1, eval_limit=-1,  # fixed seeded subsets; -1 = all
+      # Scored once with the final state, never used for choices: e.g. tune
+      # on eval_split='train[-200:]' and report test_split='validation'.
+      test_split='', test_limit=-1,
   ))
   c.method = ml_collections.ConfigDict({'name': 'ntk_attention',
                                         **methods.default_options()})

@@ -41,9 +41,12 @@ class Decoder:
     self.cfg, self.method = cfg, method
     self.method_params = method_params
     module = Transformer(cfg, method)
-    params = {'params': method.backbone_params(frozen_params, method_params)}
+    # An argument, not a closure: closed-over weights would be baked into
+    # the compiled program as constants (slow to compile, twice the memory).
+    self._params = {'params': method.backbone_params(frozen_params,
+                                                     method_params)}
 
-    def run(method_params, inputs, cache, hooks):
+    def run(params, method_params, inputs, cache, hooks):
       return module.apply(params, method_params, inputs, cache, hooks,
                           method=Transformer.decode)
 
@@ -72,12 +75,12 @@ class Decoder:
     if prompt_mask is not None:
       inputs['prompt_mask'] = jnp.asarray(prompt_mask, jnp.int32)
     cache = init_cache(self.cfg, b, slots)
-    return self._prefill(self.method_params, inputs, cache)
+    return self._prefill(self._params, self.method_params, inputs, cache)
 
   def step(self, tokens, cache, hooks) -> tuple:
     tokens = jnp.asarray(tokens, jnp.int32)[:, None]
     inputs = {'input_ids': tokens, 'attention_mask': jnp.ones_like(tokens)}
-    return self._step(self.method_params, inputs, cache, hooks)
+    return self._step(self._params, self.method_params, inputs, cache, hooks)
 
 
 def _choose(logits, rng, temperature: float, top_p: float):
@@ -98,11 +101,13 @@ def _choose(logits, rng, temperature: float, top_p: float):
 def generate(decoder: Decoder, input_ids, attention_mask, max_new_tokens: int,
              *, temperature: float = 0.0, top_p: float = 1.0,
              rng: Optional[jax.Array] = None, eos_id: Optional[int] = None,
-             pad_id: int = 0, prompt_mask=None) -> dict:
+             pad_id: int = 0, prompt_mask=None,
+             return_logits: bool = True) -> dict:
   """Greedy (temperature 0) or sampled continuation of left-padded prompts.
 
   Returns {'tokens' [b, new] (pad after eos), 'logits' [b, new, vocab]: the
-  logits each token was chosen from}.
+  logits each token was chosen from (left out with return_logits=False:
+  they grow with batch × length × vocabulary)}.
   """
   rng = jax.random.PRNGKey(0) if rng is None else rng
   logits, cache, hooks = decoder.prefill(input_ids, attention_mask,
@@ -114,7 +119,8 @@ def generate(decoder: Decoder, input_ids, attention_mask, max_new_tokens: int,
     token = _choose(last, jax.random.fold_in(rng, i), temperature, top_p)
     token = jnp.where(done, pad_id, token)
     tokens.append(token)
-    all_logits.append(last)
+    if return_logits:
+      all_logits.append(last)
     if eos_id is not None:
       done = done | (token == eos_id)
       if bool(jnp.all(done)):
@@ -122,8 +128,10 @@ def generate(decoder: Decoder, input_ids, attention_mask, max_new_tokens: int,
     if i + 1 < max_new_tokens:
       logits, cache, hooks = decoder.step(token, cache, hooks)
       last = logits[:, -1]
-  return {'tokens': np.asarray(jnp.stack(tokens, 1)),
-          'logits': np.asarray(jnp.stack(all_logits, 1))}
+  out = {'tokens': np.asarray(jnp.stack(tokens, 1))}
+  if return_logits:
+    out['logits'] = np.asarray(jnp.stack(all_logits, 1))
+  return out
 
 
 def beam_search(decoder: Decoder, input_ids, attention_mask,

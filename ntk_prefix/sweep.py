@@ -28,8 +28,59 @@ def points(spec: str) -> list:
   return module.get_sweep()
 
 
-def run(spec: str, workdir: str, overrides: list, only: int = -1) -> list:
+def run_point(config, workdir: str) -> dict:
+  """Trains one run into workdir (resuming from its checkpoints) and adds
+  its wall time to final_metrics.json; a finished run is read, not rerun."""
   from ntk_prefix import train
+  final = os.path.join(workdir, 'final_metrics.json')
+  check_same_config(config, workdir)
+  if not os.path.exists(final):
+    t0 = time.time()
+    train.train_and_evaluate(config, workdir)
+    with open(final) as f:
+      metrics = json.load(f)
+    metrics['wall_seconds'] = round(time.time() - t0, 1)
+    with open(final, 'w') as f:
+      json.dump(metrics, f, indent=2)
+  with open(final) as f:
+    return json.load(f)
+
+
+def check_same_config(config, workdir: str) -> None:
+  """A folder holds one run: reusing it for another config is an error."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  wanted = json.loads(config.to_json_best_effort())
+  differ = sorted(k for k in set(_flat(saved)) | set(_flat(wanted))
+                  if _flat(saved).get(k) != _flat(wanted).get(k)
+                  and k != 'progress')
+  if differ:
+    raise ValueError(
+        f'{workdir} holds a run of another config (differs in {differ[:5]}).'
+        ' Use another --workdir, or delete the folder to rerun it.')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def search_space(lr_grid: dict, full: bool) -> dict:
+  """method -> [{'optimizer.lr': lr}, ...]: the whole grid with full, else
+  its middle two points (the grids are written four points each)."""
+  return {m: [{'optimizer.lr': lr} for lr in (grid if full else grid[1:3])]
+          for m, grid in lr_grid.items()}
+
+
+def run(spec: str, workdir: str, overrides: list, only: int = -1) -> list:
   rows = []
   for i, point in enumerate(points(spec)):
     name = point_name(point)
@@ -39,13 +90,7 @@ def run(spec: str, workdir: str, overrides: list, only: int = -1) -> list:
       config = config_lib.get_config(spec)
       for key, value in list(overrides) + list(point.items()):
         config_lib.override(config, key, value)
-      t0 = time.time()
-      train.train_and_evaluate(config, out)
-      with open(final) as f:
-        metrics = json.load(f)
-      metrics['wall_seconds'] = round(time.time() - t0, 1)
-      with open(final, 'w') as f:
-        json.dump(metrics, f, indent=2)
+      run_point(config, out)
     if os.path.exists(final):
       with open(final) as f:
         rows.append({'point': name, **point, **json.load(f)})

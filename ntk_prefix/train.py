@@ -37,6 +37,7 @@ class Setup:
   eval_ds: pipeline.Dataset
   kind: str  # task kind: 'text_classification', 'generation', ...
   mesh: Any
+  test_ds: Any = None  # task.test_split, scored once at the end
 
 
 def build(config) -> Setup:
@@ -44,10 +45,7 @@ def build(config) -> Setup:
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
-  if config.task.name not in builders.TASKS:
-    raise ValueError(f'task.name={config.task.name!r} is not a task; known: '
-                     f'{sorted(builders.TASKS)}.')
-  kind = builders.TASKS[config.task.name].kind
+  kind = builders.task_kind(config.task.name)
   path = resolve(config.model.path)
   model_cfg, frozen, _ = checkpoints.load(path)
   if (kind == 'image') != model_cfg.is_vision:
@@ -69,15 +67,18 @@ def build(config) -> Setup:
           f'({method.position_offset()}) exceeds the model\'s '
           f'{model_cfg.max_input_tokens} positions; use at most {room}.')
   manual = t.data_dir or config_lib.default_manual_dir()
-  prepared = t.prepared_dir or os.path.expanduser('~/.cache/ntk_prefix/tfds')
+  prepared = t.prepared_dir or os.path.expanduser(
+      '~/tensorflow_datasets' if t.name.startswith(builders.TFDS_PREFIX)
+      else '~/.cache/ntk_prefix/tfds')
   load = lambda split, limit: pipeline.load(
       t.name, split, tokenizer, manual_dir=manual, data_dir=prepared,
       max_length=t.max_length, truncate=t.truncate, limit=limit,
       image_size=model_cfg.image_size, download=t.download)
   train_ds = load(t.train_split, t.train_limit)
   eval_ds = load(t.eval_split, t.eval_limit)
+  test_ds = load(t.test_split, t.test_limit) if t.test_split else None
   return Setup(config, model_cfg, frozen, tokenizer, method, train_ds, eval_ds,
-               kind, mesh)
+               kind, mesh, test_ds)
 
 
 def init_method_params(s: Setup) -> dict:
@@ -181,9 +182,11 @@ def make_steps(s: Setup, opt, frozen_sharding):
   return train, evaluate
 
 
-def run_eval(s: Setup, evaluate, method_params, frozen_params) -> dict:
+def run_eval(s: Setup, evaluate, method_params, frozen_params,
+             ds=None) -> dict:
   total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  for batch in pipeline.eval_batches(s.eval_ds, s.config.eval_batch_size):
+  ds = s.eval_ds if ds is None else ds
+  for batch in pipeline.eval_batches(ds, s.config.eval_batch_size):
     sums = jax.device_get(evaluate(method_params, frozen_params, batch))
     for k in total:
       total[k] += float(sums[k])
@@ -344,6 +347,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   manager.close()
   if not metrics and start >= config.total_steps:  # already finished
     metrics = run_eval(s, evaluate, method_params, frozen)
+  if s.test_ds is not None:
+    test = run_eval(s, evaluate, method_params, frozen, s.test_ds)
+    metrics.update({'test_' + k[len('eval_'):]: v for k, v in test.items()})
+    log.write(config.total_steps, {k: v for k, v in metrics.items()
+                                   if k.startswith('test_')})
   export.save(os.path.join(workdir, 'final'), s.method, method_params,
               config.model.path)
   with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:

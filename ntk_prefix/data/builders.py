@@ -155,6 +155,41 @@ def make_builder_class(name: str, task: TaskFiles):
 
 BUILDERS = {name: make_builder_class(name, task) for name, task in TASKS.items()}
 
+# Any image-classification set tfds has prepared (e.g. with `tfds build
+# cifar100 --file_format=array_record`) is task.name='tfds:cifar100'.
+TFDS_PREFIX = 'tfds:'
+
+
+def task_kind(task_name: str) -> str:
+  if task_name.startswith(TFDS_PREFIX):
+    return 'image'
+  if task_name not in TASKS:
+    raise ValueError(f'task.name={task_name!r} is not a task; known: '
+                     f'{sorted(TASKS)}, or tfds:NAME for an image set '
+                     'prepared by tensorflow-datasets.')
+  return TASKS[task_name].kind
+
+
+def tfds_image_source(task_name: str, split: str, data_dir: str) -> tuple:
+  """(random-access source of {'image', 'label'}, number of classes) of a
+  tfds image set prepared as array_record in `data_dir`."""
+  name = task_name[len(TFDS_PREFIX):]
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'task.name={task_name!r}: {name} is not prepared in '
+        f'{builder.data_dir}. Prepare it once where its files are, with '
+        f'`tfds build {name} --file_format=array_record --data_dir=DIR`, and '
+        'set task.prepared_dir=DIR.')
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise ValueError(f'task.name={task_name!r}: expected features image and '
+                     f'label; {name} has {sorted(features)}.')
+  if split.split('[', 1)[0] not in builder.info.splits:
+    raise ValueError(f'{name} has no split {split!r}; it has '
+                     f'{sorted(builder.info.splits)}.')
+  return builder.as_data_source(split), features['label'].num_classes
+
 
 def load_split(task_name: str, split: str, manual_dir: str,
                data_dir: str, download: bool = False) -> list:
@@ -163,11 +198,13 @@ def load_split(task_name: str, split: str, manual_dir: str,
     raise ValueError(f'task.name={task_name!r} is not a task; known: '
                      f'{sorted(BUILDERS)}.')
   task = TASKS[task_name]
-  if split not in task.splits:
+  base = split.split('[', 1)[0]  # tfds slices: 'train[:-200]', 'train[90%:]'
+  if base not in task.splits:
     raise ValueError(f'{task_name} has no split {split!r}; it has '
-                     f'{sorted(task.splits)}.')
+                     f'{sorted(task.splits)} (tfds slices of them, e.g. '
+                     f"'train[:-200]', are allowed).")
   if task.reader != 'sklearn_digits':
-    path = os.path.join(manual_dir, task.subdir, task.splits[split])
+    path = os.path.join(manual_dir, task.subdir, task.splits[base])
     if not os.path.exists(path) and not (download and task.url):
       online = (f' or set task.download=True to fetch {task.url}'
                 if task.url else '')

@@ -1,0 +1,1 @@
+"""The papers' comparisons, one command per table (see experiments/README)."""

@@ -1,0 +1,154 @@
+"""What every table shares: resumable runs, a learning-rate search with the
+same budget per method, seeds, and a results folder stamped with the
+command, commit and date."""
+import argparse
+import hashlib
+import json
+import os
+import sys
+from typing import Callable, Optional
+
+import numpy as np
+
+from ntk_prefix import config as config_lib, provenance
+from ntk_prefix.sweep import point_name, run_point
+
+
+def use_compilation_cache(path: str = '~/.cache/ntk_prefix/jax') -> None:
+  """Seeds of one point compile the same programs: compile them once."""
+  import jax
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def configured(spec: str, overrides: dict):
+  config = config_lib.get_config(spec)
+  for key, value in overrides.items():
+    config_lib.override(config, key, value)
+  return config
+
+
+def table_parser(description: str, methods: tuple,
+                 workdir: str) -> argparse.ArgumentParser:
+  """The flags every table command shares."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument('--methods', default=','.join(methods))
+  p.add_argument('--seeds', type=int, default=3)
+  p.add_argument('--full', action='store_true',
+                 help="the papers' sizes (hours on an accelerator)")
+  p.add_argument('--workdir', default=workdir)
+  p.add_argument('--out', default='')
+  return p
+
+
+def parse(parser, argv, module: str) -> tuple:
+  """(args, --config overrides, the command line that reruns this)."""
+  argv = sys.argv[1:] if argv is None else argv
+  args, extra = parser.parse_known_args(argv)
+  use_compilation_cache()
+  return args, config_overrides(extra), provenance.command_line(module, argv)
+
+
+def config_overrides(extra: list) -> dict:
+  """{'a.b': 'v'} from ['--config.a.b=v', ...] (the table's own sizes are
+  overridden this way, e.g. --config.total_steps=1000)."""
+  out = {}
+  for a in extra:
+    if not a.startswith('--config.') or '=' not in a:
+      raise SystemExit(f'unknown argument {a!r}; expected --config.KEY=VALUE')
+    key, _, value = a[len('--config.'):].partition('=')
+    out[key] = value
+  return out
+
+
+def run_root(workdir: str, name: str, base: dict) -> str:
+  """Runs of different --config overrides never share a folder."""
+  if base:
+    digest = hashlib.sha1(json.dumps(base, sort_keys=True).encode())
+    name += '-' + digest.hexdigest()[:8]
+  return os.path.join(workdir, name)
+
+
+def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
+                    root: str, *, select: str, higher_is_better: bool,
+                    score: Callable[[str, dict], dict],
+                    base: Optional[dict] = None,
+                    log: Callable = print) -> dict:
+  """Seed 0 at every grid point, choose on `select` (held-out rows), then
+  the chosen point at seeds 1.. . `score(workdir, metrics)` returns the
+  reported metrics of one finished run (e.g. dev accuracy, BLEU); `base`
+  overrides apply to every run.
+  """
+  search = []
+  base = base or {}
+  for point in grid:
+    overrides = {**base, 'method.name': method, **point, 'seed': 0}
+    workdir = os.path.join(root, method, point_name(point) + ',seed=0')
+    metrics = run_point(configured(spec, overrides), workdir)
+    scored = score(workdir, metrics)
+    search.append({'overrides': point, 'select': metrics[select],
+                   'scores': scored, 'wall_seconds': metrics['wall_seconds'],
+                   'trainable_params': metrics['trainable_params']})
+    log(f'  {method} {point_name(point)}: {select}={metrics[select]:.4f} '
+        f'{_fmt(scored)} ({metrics["wall_seconds"]:.0f} s)')
+  values = [r['select'] for r in search]
+  best = int(np.argmax(values) if higher_is_better else np.argmin(values))
+  chosen = search[best]
+  runs = [{'seed': 0, 'scores': chosen['scores'],
+           'wall_seconds': chosen['wall_seconds']}]
+  for seed in range(1, seeds):
+    overrides = {**base, 'method.name': method, **chosen['overrides'],
+                 'seed': seed}
+    workdir = os.path.join(root, method,
+                           point_name(chosen['overrides']) + f',seed={seed}')
+    metrics = run_point(configured(spec, overrides), workdir)
+    runs.append({'seed': seed, 'scores': score(workdir, metrics),
+                 'wall_seconds': metrics['wall_seconds']})
+    log(f'  {method} seed {seed}: {_fmt(runs[-1]["scores"])}')
+  return {'method': method, 'trainable_params': chosen['trainable_params'],
+          'chosen': chosen['overrides'], 'select_metric': select,
+          'search': search, 'runs': runs}
+
+
+def _fmt(scores: dict) -> str:
+  return ' '.join(f'{k}={v:.4f}' for k, v in scores.items())
+
+
+def mean_std(values) -> tuple:
+  """Mean and sample standard deviation (0 for a single value)."""
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def write_results(out: str, results: dict, command: str) -> str:
+  """results.json plus the rendered table.md and plot (see redraw)."""
+  from experiments import render
+  os.makedirs(out, exist_ok=True)
+  results = {**provenance.stamp(command, exclude=('experiments/results',)),
+             **results}
+  with open(os.path.join(out, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  return render.render(out)
+
+
+def classification_tables(config_path: str, module, tasks: list,
+                          methods: list, seeds: int, size: str, base: dict,
+                          workdir: str, out: str, command: str,
+                          results: dict) -> str:
+  """For each task and method: search, seeds, then the table so far. The
+  reported metric is the run's test split, scored once at the end."""
+  results['tasks'] = {t: {'records': []} for t in tasks}
+  for task in tasks:
+    print(f'== {task}', file=sys.stderr)
+    space = module.get_search_space(task + size)
+    for method in methods:
+      record = tune_and_repeat(
+          f'{config_path}:{task}{size}', method, space[method], seeds,
+          run_root(workdir, task.replace(':', '_') + size.replace(',', '_'),
+                   base),
+          select='eval_accuracy', higher_is_better=True, base=base,
+          score=lambda workdir, m: {'test_accuracy': m['test_accuracy']},
+          log=lambda s: print(s, file=sys.stderr, flush=True))
+      results['tasks'][task]['records'].append(record)
+      write_results(out, results, command)  # partial tables as we go
+  return write_results(out, results, command)

@@ -1,0 +1,248 @@
+r"""The generation tables: GSM8K (exact match) and E2E (BLEU) with the real
+SmolLM2-135M-Instruct, every method, before and after adaptation.
+
+  python -m experiments.lm --task=gsm8k [--methods=...] [--seeds=3] [--full]
+  python -m experiments.lm --task=e2e_nlg [--config.KEY=VALUE ...]
+
+Each run trains as configs/lm.py says, then decodes a fixed, seeded subset
+of the test set greedily (beam search with --full on E2E) with the KV-cache
+decoder and the run's final method state. Completions are kept in the run's
+folder (completions.jsonl) next to its scores.
+"""
+import functools
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from experiments import common, papers
+from ntk_prefix import config as config_lib
+
+CONFIG = 'configs/lm.py'
+TASK_NAMES = {'gsm8k': 'GSM8K test subset, exact match of #### N',
+              'e2e_nlg': 'E2E test subset, BLEU (all references)'}
+PROMPT = {  # as the training data (ntk_prefix.data.pipeline.PROMPTS)
+    'gsm8k': 'Question: {text}\nAnswer:', 'e2e_nlg': 'Table: {text}\nText:'}
+
+
+# ---------------------------------------------------------------- scoring
+def gsm8k_number(text: str):
+  """The number after the first '#### ', normalised ('1,000.' -> '1000')."""
+  m = re.search(r'####\s*\$?\s*(-?[\d,]*\.?\d+)', text)
+  return None if m is None else _norm(m.group(1))
+
+
+def last_number(text: str):
+  """Lenient reading: the last number before the model starts a new
+  'Question:' (the base model does not write '####')."""
+  text = text.split('\nQuestion:')[0]
+  found = re.findall(r'-?[\d,]*\.?\d+', text)
+  return _norm(found[-1]) if found else None
+
+
+def _norm(s: str) -> str:
+  s = s.replace(',', '').rstrip('.')
+  try:
+    value = float(s)
+  except ValueError:
+    return s
+  return str(int(value)) if value == int(value) else str(value)
+
+
+def score_gsm8k(completions: list, references: list) -> dict:
+  gold = [gsm8k_number(r[0]) for r in references]
+  strict = [gsm8k_number(c) == g for c, g in zip(completions, gold)]
+  lenient = [(gsm8k_number(c) or last_number(c)) == g
+             for c, g in zip(completions, gold)]
+  return {'exact_match': float(np.mean(strict)),
+          'lenient_match': float(np.mean(lenient))}
+
+
+def score_e2e(completions: list, references: list) -> dict:
+  import sacrebleu
+  hyps = [c.split('\n')[0].strip() for c in completions]
+  width = max(len(r) for r in references)
+  streams = [[r[i] if i < len(r) else None for r in references]
+             for i in range(width)]
+  return {'bleu': sacrebleu.corpus_bleu(hyps, streams).score / 100.0}
+
+
+SCORERS = {'gsm8k': score_gsm8k, 'e2e_nlg': score_e2e}
+
+
+# ------------------------------------------------------------- test data
+def test_set(config) -> tuple:
+  """(prompts, references): a fixed seeded subset; E2E groups its rows by
+  meaning representation, each with all of its references."""
+  from ntk_prefix.data import builders
+  t, d = config.task, config.decode
+  manual = t.data_dir or config_lib.default_manual_dir()
+  prepared = t.prepared_dir or os.path.expanduser('~/.cache/ntk_prefix/tfds')
+  rows = builders.load_split(t.name, d.split, manual, prepared, t.download)
+  text = lambda v: v.decode() if isinstance(v, bytes) else v
+  grouped = {}
+  for r in rows:
+    if t.name == 'e2e_nlg':
+      grouped.setdefault(text(r['text']), []).append(text(r['target']))
+    else:
+      grouped[text(r['text'])] = [text(r['target'])]
+  keys = list(grouped)
+  if 0 < d.rows < len(keys):
+    keys = [keys[i] for i in np.sort(
+        np.random.RandomState(1234).permutation(len(keys))[:d.rows])]
+  return ([PROMPT[t.name].format(text=k) for k in keys],
+          [grouped[k] for k in keys])
+
+
+# --------------------------------------------------------------- decoding
+@functools.lru_cache(maxsize=2)
+def base_model(path: str):
+  from ntk_prefix import checkpoints
+  from ntk_prefix.checkpoints.paths import resolve
+  full = resolve(path)
+  cfg, frozen, _ = checkpoints.load(full)
+  tokenizer = checkpoints.load_tokenizer(full)
+  if tokenizer.pad_token is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  tokenizer.padding_side = 'left'
+  return cfg, frozen, tokenizer
+
+
+def decode(config, method, method_params, prompts: list) -> list:
+  import jax
+  import jax.numpy as jnp
+  from ntk_prefix import generate
+  cfg, frozen, tokenizer = base_model(config.model.path)
+  frozen = jax.tree.map(jnp.asarray, frozen)
+  decoder = generate.Decoder(cfg, frozen, method, method_params)
+  d = config.decode
+  kw = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id or 0)
+  out = []
+  for start in range(0, len(prompts), d.batch_size):
+    chunk = prompts[start:start + d.batch_size]
+    batch = tokenizer(chunk, padding=True, return_tensors='np',
+                      add_special_tokens=False)
+    ids, mask = batch['input_ids'], batch['attention_mask']
+    if d.beams > 1:
+      res = generate.beam_search(decoder, ids, mask, d.max_new_tokens,
+                                 beams=d.beams, prompt_mask=mask, **kw)
+    else:
+      res = generate.generate(decoder, ids, mask, d.max_new_tokens,
+                              prompt_mask=mask, return_logits=False, **kw)
+    out += [tokenizer.decode(t, skip_special_tokens=True)
+            for t in res['tokens']]
+  return out
+
+
+def decode_and_score(config, workdir: str, method=None,
+                     method_params=None) -> dict:
+  """Scores of one run (cached in workdir/decode_scores.json with the
+  decoding settings; other settings decode again)."""
+  path = os.path.join(workdir, 'decode_scores.json')
+  settings = {'task': config.task.name, **config.decode.to_dict()}
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.pop('settings', None) == settings:
+      return cached
+  from ntk_prefix import export
+  cfg, frozen, _ = base_model(config.model.path)
+  if method is None:
+    method, method_params = export.load(os.path.join(workdir, 'final'), cfg,
+                                        frozen)
+  t0 = time.time()
+  prompts, references = test_set(config)
+  completions = decode(config, method, method_params, prompts)
+  scores = SCORERS[config.task.name](completions, references)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'completions.jsonl'), 'w') as f:
+    for p, c, r in zip(prompts, completions, references):
+      f.write(json.dumps({'prompt': p, 'completion': c,
+                          'references': r}) + '\n')
+  scores['decode_seconds'] = round(time.time() - t0, 1)
+  with open(path, 'w') as f:
+    json.dump({**scores, 'settings': settings}, f, indent=2)
+  return scores
+
+
+def before_adaptation(spec: str, root: str, base: dict) -> dict:
+  """The 'none' row: the frozen model decoded as it is (deterministic)."""
+  from ntk_prefix import methods
+  config = common.configured(spec, {**base, 'method.name': 'none'})
+  cfg, frozen, _ = base_model(config.model.path)
+  method = methods.from_config(config.method, cfg)
+  workdir = os.path.join(root, 'none', 'before_adaptation')
+  scores = decode_and_score(config, workdir, method, {})
+  wall = scores.pop('decode_seconds')
+  return {'method': 'none', 'trainable_params': 0, 'chosen': {},
+          'select_metric': '', 'search': [],
+          'runs': [{'seed': 0, 'scores': scores, 'wall_seconds': wall}]}
+
+
+def caption(c, task: str, full: bool) -> str:
+  d = c.decode
+  rows = 'all' if d.rows < 0 else d.rows
+  unit = 'examples' if task == 'gsm8k' else 'meaning representations'
+  how = 'greedily' if d.beams == 1 else f'with {d.beams} beams'
+  metric = (
+      '`last-number match` also accepts the last number written when no '
+      '`#### N` is, since the model before adaptation never writes `####`.'
+      if task == 'gsm8k' else
+      "BLEU is sacrebleu's corpus BLEU of each completion's first line "
+      'against all references of its meaning representation.')
+  size = 'Full size' if full else "This machine's size (2 CPU cores)"
+  return (f'{size}: {c.total_steps} steps × batch {c.batch_size} on '
+          f'`{c.task.train_split}` (at most {c.task.max_length} tokens), lr '
+          f'chosen by the token loss on `{c.task.eval_split}`; {rows} test '
+          f'{unit} decoded {how} (at most {d.max_new_tokens} new tokens). '
+          '`none` is the model before adaptation (deterministic decoding: one '
+          f'run). {metric} s/run is a training run\'s wall time without '
+          'decoding (for `none`: its decoding).')
+
+
+def main(argv=None):
+  module = config_lib.load_file(CONFIG)
+  p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
+                          'workdirs/experiments/lm')
+  p.add_argument('--task', default='gsm8k', choices=sorted(TASK_NAMES))
+  args, base, command = common.parse(p, argv, 'experiments.lm')
+  size = ',full' if args.full else ''
+  spec = f'{CONFIG}:{args.task}{size}'
+  out = args.out or f'experiments/results/{args.task}'
+  root = common.run_root(args.workdir, args.task + size.replace(',', '_'),
+                         base)
+  c = common.configured(spec, base)
+  metric = 'exact_match' if args.task == 'gsm8k' else 'bleu'
+  results = {
+      'title': f'{args.task}: SmolLM2-135M-Instruct (Q4_1 GGUF, frozen)',
+      'metric': metric, 'scale': 100.0,
+      'metric_label': ('exact match (%)' if metric == 'exact_match'
+                       else 'BLEU'),
+      'labels': {'lenient_match': 'last-number match (%)'},
+      'select_label': 'held-out token loss by lr', 'seeds': args.seeds,
+      'task_names': TASK_NAMES, 'tasks': {args.task: {'records': []}},
+      'papers': papers.reported([args.task]),
+      'caption': caption(c, args.task, args.full)}
+  for method in args.methods.split(','):
+    if method == 'none':
+      record = before_adaptation(spec, root, base)
+    else:
+      score = lambda workdir, m: {
+          k: v for k, v in decode_and_score(
+              common.configured(spec, base), workdir).items()
+          if k != 'decode_seconds'}
+      record = common.tune_and_repeat(
+          spec, method, module.get_search_space(args.task + size)[method],
+          args.seeds, root, select='eval_loss', higher_is_better=False,
+          score=score, base=base,
+          log=lambda s: print(s, file=sys.stderr, flush=True))
+    results['tasks'][args.task]['records'].append(record)
+    common.write_results(out, results, command)
+  print(common.write_results(out, results, command))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,56 @@
+r"""The NLU table: every method on SST-2, RTE and CB with the pretrained
+all-MiniLM-L6-v2, learning rate searched per method, mean ± std over seeds.
+
+  python -m experiments.nlu [--tasks=sst2,rte,cb] [--methods=...] \
+      [--seeds=3] [--full] [--out=experiments/results/nlu] \
+      [--config.KEY=VALUE ...]   # e.g. --config.total_steps=1000
+
+Runs live in --workdir (resumable; finished runs are read, not rerun);
+results.json, table.md and metric_vs_params.png go to --out. Sizes and the
+search space are in configs/nlu.py.
+"""
+from experiments import common, papers
+from ntk_prefix import config as config_lib
+
+CONFIG = 'configs/nlu.py'
+TASK_NAMES = {'sst2': 'SST-2 (GLUE dev, 872)', 'rte': 'RTE (GLUE dev, 277)',
+              'cb': 'CB (SuperGLUE val, 56)', 'boolq': 'BoolQ (SuperGLUE val)'}
+
+
+def main(argv=None):
+  module = config_lib.load_file(CONFIG)
+  p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
+                          'workdirs/experiments/nlu')
+  p.add_argument('--tasks', default='sst2,rte,cb')
+  args, base, command = common.parse(p, argv, 'experiments.nlu')
+  out = args.out or 'experiments/results/nlu'
+  tasks = args.tasks.split(',')
+  methods = args.methods.split(',')
+  size = ',full' if args.full else ''
+  results = {
+      'title': 'Natural language understanding: all-MiniLM-L6-v2 (22.7M, '
+               'frozen)',
+      'metric': 'test_accuracy', 'metric_label': 'dev accuracy (%)',
+      'scale': 100.0, 'select_label': 'held-out accuracy by lr',
+      'seeds': args.seeds, 'task_names': TASK_NAMES,
+      'papers': papers.reported(TASK_NAMES)}  # BoolQ's too
+  sizes = []
+  for task in tasks:
+    c = common.configured(f'{CONFIG}:{task}{size}', base)
+    sizes.append(f'{task}: {c.total_steps} steps × batch {c.batch_size} '
+                 f'on `{c.task.train_split}`, lr chosen on '
+                 f'`{c.task.eval_split}`, max {c.task.max_length} tokens')
+  results['caption'] = (
+      ('Full size' if args.full else 'This machine\'s size (2 CPU cores)') +
+      ': ' + '; '.join(sizes) + '. Every method: the same steps, a '
+      f"{len(module.get_search_space(tasks[0] + size)['none'])}-point "
+      'learning-rate grid with seed 0 (configs/nlu.py), then the chosen '
+      f'rate at seeds 1..{args.seeds - 1}. The reported dev set is never '
+      'used for a choice. `none` trains the classifier head alone.')
+  print(common.classification_tables(
+      CONFIG, module, tasks, methods, args.seeds, size, base, args.workdir,
+      out, command, results))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,138 @@
+"""results.json -> table.md and a plot of the metric against trainable
+parameters. Everything shown is read from results.json, so
+`python -m experiments.redraw DIR` redraws any results folder."""
+import json
+import os
+import textwrap
+
+from experiments.common import mean_std
+
+
+def _params(n: int) -> str:
+  return f'{n:,}' if n < 10 ** 6 else f'{n / 1e6:.1f}M'
+
+
+def _mean_std(values: list, scale: float) -> str:
+  """'m ± s', or the single value of a deterministic row (no spread to
+  show: an unadapted model decodes greedily once)."""
+  digits = 1 if scale != 1 else 3
+  m, s = mean_std(values)
+  if len(values) == 1:
+    return f'{m:.{digits}f} (1 run)'
+  return f'{m:.{digits}f} ± {s:.{digits}f}'
+
+
+def task_table(task: str, block: dict, results: dict) -> list:
+  metric, scale = results['metric'], results.get('scale', 1.0)
+  extra = [k for k in block['records'][0]['runs'][0]['scores']
+           if k != metric] if block['records'] else []
+  head = (f"| method | trainable params | {results['metric_label']} "
+          f"(mean ± std, {results['seeds']} seeds) | per seed | "
+          + ''.join(f'{results.get("labels", {}).get(k, k)} | ' for k in extra)
+          + 'chosen | ' + f"{results.get('select_label', 'held-out')} "
+          'per grid point | s/run |')
+  lines = [f"### {results['task_names'].get(task, task)}\n", head,
+           '|---|---:|---:|---|' + '---:|' * len(extra) + '---|---|---:|']
+  for r in block['records']:
+    vals = [scale * run['scores'][metric] for run in r['runs']]
+    cells = [r['method'], _params(r['trainable_params']),
+             f'**{_mean_std(vals, scale)}**',
+             ' / '.join(f'{v:.1f}' for v in vals)]
+    for k in extra:
+      cells.append(_mean_std([scale * run['scores'][k] for run in r['runs']],
+                             scale))
+    cells.append(', '.join(f'{k.split(".")[-1]}={v}'
+                           for k, v in r['chosen'].items()) or '—')
+    cells.append(' / '.join(
+        f"{p['overrides'].get('optimizer.lr', '')}: {p['select']:.3f}"
+        for p in r['search']) or '—')
+    walls = [run['wall_seconds'] for run in r['runs']]
+    cells.append(f'{sum(walls) / len(walls):.0f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def papers_table(results: dict) -> list:
+  rows = results.get('papers', [])
+  if not rows:
+    return []
+  lines = ['### The seed papers\' reported numbers (their models, full data)'
+           '\n', '| task | method | reported | model | source |',
+           '|---|---|---:|---|---|']
+  for p in rows:
+    lines.append(f"| {p['task']} | {p['method']} | {p['value']} | "
+                 f"{p['model']} | {p['source']} |")
+  return lines
+
+
+def markdown(results: dict) -> str:
+  out = [f"## {results['title']}\n", results['caption'] + '\n',
+         f"Command: `{results['command']}`; commit {results['commit']}; "
+         f"{results['date']}.\n"]
+  for task, block in results['tasks'].items():
+    if block['records']:
+      out += task_table(task, block, results) + ['']
+  out += papers_table(results)
+  for note in results.get('notes', []):
+    out.append(f'\n{note}')
+  return '\n'.join(out) + '\n'
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  tasks = [t for t, b in results['tasks'].items() if b['records']]
+  if not tasks:
+    return
+  metric, scale = results['metric'], results.get('scale', 1.0)
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2),
+                           squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    points = []
+    for r in results['tasks'][task]['records']:
+      m, s = mean_std([scale * run['scores'][metric] for run in r['runs']])
+      x = max(r['trainable_params'], 1)  # 'none' on a generation task: 0
+      color = 'C3' if r['method'] == 'ntk_attention' else 'C0'
+      ax.errorbar([x], [m], yerr=[s], fmt='o', color=color, capsize=3)
+      points.append((x, m, r['method']))
+    ax.set_xscale('log')
+    ax.margins(x=0.15)  # room for the labels of the outermost points
+    _label(ax, points)
+    ax.set_xlabel('trainable parameters (log)')
+    ax.set_ylabel(results['metric_label'])
+    ax.set_title(results['task_names'].get(task, task))
+    ax.grid(alpha=0.3)
+  title = f"{results['title']} ({results['seeds']} seeds, mean ± std)"
+  fig.suptitle(textwrap.fill(title, 38 * len(tasks) + 20), fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _label(ax, points: list) -> None:
+  """Names beside points, each placed where it overlaps no earlier one."""
+  ax.figure.canvas.draw()
+  placed = []
+  for x, y, name in sorted(points):
+    px, py = ax.transData.transform((x, y))
+    w, h = 5.5 * len(name), 9
+    for dx, dy in ((5, 4), (5, -13), (-w - 5, 4), (-w - 5, -13), (5, 14),
+                   (5, -23)):
+      box = (px + dx, py + dy, px + dx + w, py + dy + h)
+      if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and
+                 b[1] < box[3] for b in placed):
+        break
+    placed.append(box)
+    ax.annotate(name, (x, y), textcoords='offset points', fontsize=8,
+                xytext=(dx * 72 / ax.figure.dpi, dy * 72 / ax.figure.dpi))
+
+
+def render(folder: str) -> str:
+  with open(os.path.join(folder, 'results.json')) as f:
+    results = json.load(f)
+  text = markdown(results)
+  with open(os.path.join(folder, 'table.md'), 'w') as f:
+    f.write(text)
+  plot(results, os.path.join(folder, 'metric_vs_params.png'))
+  return text

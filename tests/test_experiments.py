@@ -1,0 +1,220 @@
+"""The experiment commands end to end on tiny models, and their scoring."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import common, lm, nlu, redraw
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gsm8k_answers_are_read_like_the_dataset_writes_them():
+  assert lm.gsm8k_number('so 3 + 4 = 7\n#### 1,000.') == '1000'
+  assert lm.gsm8k_number('#### -2.50') == '-2.5'
+  assert lm.gsm8k_number('no marker, 12 apples') is None
+  assert lm.last_number('it is 12 then 13 apples.\nQuestion: 99?') == '13'
+  gold = [['... #### 7'], ['... #### 10']]
+  scores = lm.score_gsm8k(['#### 7', 'I think 10.\nQuestion: 5'], gold)
+  assert scores == {'exact_match': 0.5, 'lenient_match': 1.0}
+
+
+def test_e2e_bleu_uses_every_reference():
+  refs = [['The Mill is a pub.', 'There is a pub called The Mill.'],
+          ['Aromi serves French food.']]
+  # Each hypothesis equals one of its references: BLEU is 100.
+  hyp = ['There is a pub called The Mill.\nmore text',
+         'Aromi serves French food.']
+  assert lm.score_e2e(hyp, refs)['bleu'] == pytest.approx(1.0)
+  worse = lm.score_e2e(['The Mill.', 'Aromi serves food.'], refs)['bleu']
+  assert 0.0 <= worse < 0.7
+
+
+def test_mean_std_is_the_sample_std():
+  m, s = common.mean_std([70.0, 72.0, 77.0])
+  assert m == pytest.approx(73.0)
+  assert s == pytest.approx(np.std([70, 72, 77], ddof=1))
+  assert common.mean_std([5.0]) == (5.0, 0.0)
+
+
+@pytest.fixture(scope='module')
+def tiny_encoder(tmp_path_factory):
+  import transformers
+  from conftest import make_hf_model
+  from ntk_prefix import checkpoints
+  path = str(tmp_path_factory.mktemp('tiny_bert'))
+  make_hf_model('bert', vocab_size=30522, num_labels=3).save_pretrained(path)
+  transformers.AutoTokenizer.from_pretrained(
+      checkpoints.default_encoder_path()).save_pretrained(path)
+  return path
+
+
+def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
+  """Search on held-out rows, seeds at the chosen rate, results folder with
+  command and commit; a rerun trains nothing; redraw rebuilds the files."""
+  out, work = tmp_path / 'out', tmp_path / 'runs'
+  argv = ['--tasks=cb', '--methods=none,ntk_attention', '--seeds=2',
+          f'--out={out}', f'--workdir={work}',
+          f'--config.model.path={tiny_encoder}',
+          f'--config.task.prepared_dir={tmp_path / "tfds"}',
+          '--config.total_steps=3', '--config.batch_size=8',
+          '--config.eval_batch_size=32', '--config.task.max_length=32']
+  nlu.main(argv)
+  results = json.loads((out / 'results.json').read_text())
+  assert results['commit'] and results['date']
+  assert 'experiments.nlu' in results['command']
+  records = results['tasks']['cb']['records']
+  assert [r['method'] for r in records] == ['none', 'ntk_attention']
+  for r in records:
+    assert len(r['search']) == 2 and len(r['runs']) == 2
+    held_out = [p['select'] for p in r['search']]
+    assert r['chosen'] == r['search'][int(np.argmax(held_out))]['overrides']
+    for run in r['runs']:
+      assert 0.0 <= run['scores']['test_accuracy'] <= 1.0
+  # The reported metric is the dev set (56 CB rows), never the held-out rows.
+  final = next(work.rglob('final_metrics.json'))
+  metrics = json.loads(final.read_text())
+  assert {'eval_accuracy', 'test_accuracy'} <= set(metrics)
+  table = (out / 'table.md').read_text()
+  assert 'CB' in table and 'ntk_attention' in table
+  assert (out / 'metric_vs_params.png').stat().st_size > 1000
+
+  mtimes = {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')}
+  assert len(mtimes) == 2 * 3  # 2 grid points + 1 more seed, per method
+  nlu.main(argv)
+  assert {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')} == \
+      mtimes
+  # A run folder belongs to one config: another one there is an error.
+  from ntk_prefix import sweep
+  one = next(work.rglob('config.json')).parent
+  changed = common.configured(f'{nlu.CONFIG}:cb', {
+      **common.config_overrides(argv[5:]), 'total_steps': 4})
+  with pytest.raises(ValueError, match='another config'):
+    sweep.run_point(changed, str(one))
+  (out / 'table.md').unlink()
+  (out / 'metric_vs_params.png').unlink()
+  redraw.main([str(out)])
+  assert (out / 'table.md').read_text() == table
+  assert (out / 'metric_vs_params.png').exists()
+
+
+def test_lm_table_command(hf_checkpoint, tmp_path):
+  """Train, decode the fixed test subset with each run's state, BLEU."""
+  from ntk_prefix import checkpoints
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
+  checkpoints.load_tokenizer(
+      checkpoints.default_decoder_path()).save_pretrained(path)
+  out, work = tmp_path / 'out', tmp_path / 'runs'
+  lm.main(['--task=e2e_nlg', '--methods=none,p_tuning_v2', '--seeds=1',
+           f'--out={out}', f'--workdir={work}', f'--config.model.path={path}',
+           f'--config.task.prepared_dir={tmp_path / "tfds"}',
+           '--config.total_steps=2', '--config.batch_size=8',
+           '--config.task.max_length=64', '--config.decode.rows=3',
+           '--config.decode.max_new_tokens=4'])
+  results = json.loads((out / 'results.json').read_text())
+  records = results['tasks']['e2e_nlg']['records']
+  assert [r['method'] for r in records] == ['none', 'p_tuning_v2']
+  assert records[0]['trainable_params'] == 0
+  assert records[1]['trainable_params'] > 0
+  for r in records:
+    assert 0.0 <= r['runs'][0]['scores']['bleu'] <= 1.0
+  lines = [json.loads(l) for l in
+           next(work.rglob('completions.jsonl')).read_text().splitlines()]
+  assert len(lines) == 3
+  # E2E rows are grouped by meaning representation: several references.
+  assert all(l['prompt'].startswith('Table: ') for l in lines)
+  assert max(len(l['references']) for l in lines) > 1
+
+
+class TinyImagesForTest:  # defined lazily: tfds registers builders by name
+  pass
+
+
+def _tiny_tfds_images(data_dir: str) -> str:
+  """A 3-class image set prepared by tfds as array_record. Real image sets
+  (cifar100, food101) use an Image feature, whose *encoding* needs
+  TensorFlow; reading decodes with PIL, into the same uint8 arrays."""
+  import tensorflow_datasets as tfds
+  global TinyImagesForTest
+  if not isinstance(TinyImagesForTest, type) or \
+      not issubclass(TinyImagesForTest, tfds.core.GeneratorBasedBuilder):
+    class TinyImagesForTest(tfds.core.GeneratorBasedBuilder):
+      VERSION = tfds.core.Version('1.0.0')
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.
+                                     FeaturesDict({
+            'image': tfds.features.Tensor(shape=(12, 12, 3), dtype=np.uint8),
+            'label': tfds.features.ClassLabel(num_classes=3)}))
+
+      def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(48, 0),
+                'test': self._generate_examples(16, 1)}
+
+      def _generate_examples(self, n, seed):
+        rng = np.random.RandomState(seed)
+        for i in range(n):
+          label = i % 3  # the class sets the mean brightness: learnable
+          img = rng.randint(0, 60, (12, 12, 3)) + 90 * label
+          yield i, {'image': img.astype(np.uint8), 'label': label}
+  TinyImagesForTest(data_dir=data_dir,
+                    file_format='array_record').download_and_prepare()
+  return 'tfds:tiny_images_for_test'
+
+
+def test_any_prepared_tfds_image_set_trains_a_vit(hf_checkpoint, tmp_path):
+  from ntk_prefix import config as config_lib, train
+  from ntk_prefix.data import pipeline
+  path, _ = hf_checkpoint('vit')
+  name = _tiny_tfds_images(str(tmp_path / 'tfds'))
+  ds = pipeline.load(name, 'train[:-8]', None, manual_dir='',
+                     data_dir=str(tmp_path / 'tfds'), max_length=0,
+                     truncate=True, image_size=30)
+  assert len(ds) == 40 and ds.num_labels == 3
+  batch = pipeline.train_batch(ds, 0, 8, seed=0)
+  assert batch['pixel_values'].shape == (8, 3, 30, 30)
+  assert batch['pixel_values'].min() >= -1 and batch['pixel_values'].max() <= 1
+  assert set(batch['labels']) <= {0, 1, 2}
+  # Gray 128 is 0.0039 after ViT's (x / 255 - 0.5) / 0.5.
+  gray = pipeline.image_pixels(np.full((4, 4, 3), 128, np.uint8), 8)
+  assert gray.shape == (3, 8, 8)
+  np.testing.assert_allclose(gray, (128 / 255 - 0.5) / 0.5, atol=1e-6)
+
+  c = config_lib.get_config(os.path.join(REPO, 'configs/vision.py:' + name))
+  for key, value in {'model.path': path, 'task.prepared_dir':
+                     str(tmp_path / 'tfds'), 'task.train_split': 'train[:-8]',
+                     'task.eval_split': 'train[-8:]', 'batch_size': 8,
+                     'eval_batch_size': 8, 'total_steps': 3}.items():
+    config_lib.override(c, key, value)
+  metrics = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert 0.0 <= metrics['test_accuracy'] <= 1.0
+  assert np.isfinite(metrics['eval_loss'])
+
+  config_lib.override(c, 'task.name', 'tfds:not_prepared_here')
+  with pytest.raises(Exception, match='not_prepared_here'):
+    train.build(c)
+
+
+def test_readme_results_are_the_results_folders():
+  """Every number in the README's results block comes from a results
+  folder: the block equals what `python -m experiments.readme` writes."""
+  from experiments import readme
+  with open(os.path.join(REPO, 'README.md')) as f:
+    text = f.read()
+  current = text.split(readme.BEGIN, 1)[1].split(readme.END, 1)[0]
+  assert readme.BEGIN + current + readme.END == readme.block()
+
+
+def test_redraw_reproduces_every_committed_table(tmp_path):
+  """The committed tables are what their results.json renders to."""
+  import shutil
+  from experiments import render
+  root = os.path.join(REPO, 'experiments', 'results')
+  for name in os.listdir(root):
+    src = os.path.join(root, name)
+    if not os.path.exists(os.path.join(src, 'results.json')):
+      continue
+    shutil.copy(os.path.join(src, 'results.json'), tmp_path / 'results.json')
+    with open(os.path.join(src, 'table.md')) as f:
+      assert render.render(str(tmp_path)) == f.read(), name
