@@ -2,6 +2,7 @@
 parameters. Everything shown is read from results.json, so
 `python -m experiments.redraw DIR` redraws any results folder."""
 import json
+import math
 import os
 import textwrap
 
@@ -82,6 +83,7 @@ def plot(results: dict, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   tasks = [t for t, b in results['tasks'].items() if b['records']]
   if not tasks:
     return
@@ -92,12 +94,23 @@ def plot(results: dict, path: str) -> None:
     points = []
     for r in results['tasks'][task]['records']:
       m, s = mean_std([scale * run['scores'][metric] for run in r['runs']])
-      x = max(r['trainable_params'], 1)  # 'none' on a generation task: 0
+      if not r['trainable_params']:  # the model before adaptation: no x
+        ax.axhline(m, color='0.5', linestyle='--', linewidth=1,
+                   label=f"{r['method']} (nothing trained): {m:.1f}")
+        ax.legend(loc='lower right', fontsize=8)
+        continue
+      x = r['trainable_params']
       color = 'C3' if r['method'] == 'ntk_attention' else 'C0'
       ax.errorbar([x], [m], yerr=[s], fmt='o', color=color, capsize=3)
       points.append((x, m, r['method']))
     ax.set_xscale('log')
-    ax.margins(x=0.15)  # room for the labels of the outermost points
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if points:  # whole decades, with room for the outermost labels
+      xs = [x for x, _, _ in points]
+      ax.set_xlim(10 ** math.floor(math.log10(min(xs)) - 0.3),
+                  10 ** math.ceil(math.log10(max(xs)) + 0.3))
+    else:  # only the model before adaptation so far
+      ax.set_xticks([])
     _label(ax, points)
     ax.set_xlabel('trainable parameters (log)')
     ax.set_ylabel(results['metric_label'])
