@@ -88,6 +88,7 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
     scored = score(workdir, metrics)
     search.append({'overrides': point, 'select': metrics[select],
                    'scores': scored, 'wall_seconds': metrics['wall_seconds'],
+                   'device': metrics.get('device', ''),
                    'trainable_params': metrics['trainable_params']})
     log(f'  {method} {point_name(point)}: {select}={metrics[select]:.4f} '
         f'{_fmt(scored)} ({metrics["wall_seconds"]:.0f} s)')
@@ -95,7 +96,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   best = int(np.argmax(values) if higher_is_better else np.argmin(values))
   chosen = search[best]
   runs = [{'seed': 0, 'scores': chosen['scores'],
-           'wall_seconds': chosen['wall_seconds']}]
+           'wall_seconds': chosen['wall_seconds'],
+           'device': chosen['device']}]
   for seed in range(1, seeds):
     overrides = {**base, 'method.name': method, **chosen['overrides'],
                  'seed': seed}
@@ -103,7 +105,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                            point_name(chosen['overrides']) + f',seed={seed}')
     metrics = run_point(configured(spec, overrides), workdir)
     runs.append({'seed': seed, 'scores': score(workdir, metrics),
-                 'wall_seconds': metrics['wall_seconds']})
+                 'wall_seconds': metrics['wall_seconds'],
+                 'device': metrics.get('device', '')})
     log(f'  {method} seed {seed}: {_fmt(runs[-1]["scores"])}')
   return {'method': method, 'trainable_params': chosen['trainable_params'],
           'chosen': chosen['overrides'], 'select_metric': select,

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from experiments import common, papers
-from ntk_prefix import config as config_lib
+from ntk_prefix import config as config_lib, sweep
 
 CONFIG = 'configs/lm.py'
 TASK_NAMES = {'gsm8k': 'GSM8K test subset, exact match of #### N',
@@ -163,6 +163,7 @@ def decode_and_score(config, workdir: str, method=None,
       f.write(json.dumps({'prompt': p, 'completion': c,
                           'references': r}) + '\n')
   scores['decode_seconds'] = round(time.time() - t0, 1)
+  scores['device'] = sweep.device_kind()
   with open(path, 'w') as f:
     json.dump({**scores, 'settings': settings}, f, indent=2)
   return scores
@@ -177,9 +178,11 @@ def before_adaptation(spec: str, root: str, base: dict) -> dict:
   workdir = os.path.join(root, 'none', 'before_adaptation')
   scores = decode_and_score(config, workdir, method, {})
   wall = scores.pop('decode_seconds')
+  device = scores.pop('device', '')
   return {'method': 'none', 'trainable_params': 0, 'chosen': {},
           'select_metric': '', 'search': [],
-          'runs': [{'seed': 0, 'scores': scores, 'wall_seconds': wall}]}
+          'runs': [{'seed': 0, 'scores': scores, 'wall_seconds': wall,
+                    'device': device}]}
 
 
 def caption(c, task: str, full: bool) -> str:
@@ -193,7 +196,7 @@ def caption(c, task: str, full: bool) -> str:
       if task == 'gsm8k' else
       "BLEU is sacrebleu's corpus BLEU of each completion's first line "
       'against all references of its meaning representation.')
-  size = 'Full size' if full else "This machine's size (2 CPU cores)"
+  size = 'Full size' if full else 'Quick size (chosen for 2 CPU cores)'
   return (f'{size}: {c.total_steps} steps × batch {c.batch_size} on '
           f'`{c.task.train_split}` (at most {c.task.max_length} tokens), lr '
           f'chosen by the token loss on `{c.task.eval_split}`; {rows} test '
@@ -233,7 +236,7 @@ def main(argv=None):
       score = lambda workdir, m: {
           k: v for k, v in decode_and_score(
               common.configured(spec, base), workdir).items()
-          if k != 'decode_seconds'}
+          if k not in ('decode_seconds', 'device')}
       record = common.tune_and_repeat(
           spec, method, module.get_search_space(args.task + size)[method],
           args.seeds, root, select='eval_loss', higher_is_better=False,

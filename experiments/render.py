@@ -66,10 +66,20 @@ def papers_table(results: dict) -> list:
   return lines
 
 
+def devices(results: dict) -> str:
+  """' Runs ran on: X.' from the runs' records (older results lack it)."""
+  found = sorted({run.get('device') or ''
+                  for block in results['tasks'].values()
+                  for r in block['records'] for run in r['runs']} - {''})
+  if not found:
+    return ''
+  return f" Runs ran on: {', '.join(found)} (s/run is that device's)."
+
+
 def markdown(results: dict) -> str:
   out = [f"## {results['title']}\n", results['caption'] + '\n',
          f"Command: `{results['command']}`; commit {results['commit']}; "
-         f"{results['date']}.\n"]
+         f"{results['date']}.{devices(results)}\n"]
   for task, block in results['tasks'].items():
     if block['records']:
       out += task_table(task, block, results) + ['']
