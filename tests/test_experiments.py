@@ -119,6 +119,9 @@ def test_lm_table_command(hf_checkpoint, tmp_path):
   assert records[1]['trainable_params'] > 0
   for r in records:
     assert 0.0 <= r['runs'][0]['scores']['bleu'] <= 1.0
+    # Wall times are read beside the device that took them.
+    assert r['runs'][0]['device'] == 'cpu'
+  assert 'Runs ran on: cpu' in (out / 'table.md').read_text()
   lines = [json.loads(l) for l in
            next(work.rglob('completions.jsonl')).read_text().splitlines()]
   assert len(lines) == 3
