@@ -23,6 +23,18 @@ def _mean_std(values: list, scale: float) -> str:
   return f'{m:.{digits}f} ± {s:.{digits}f}'
 
 
+def grid_edge(record: dict) -> str:
+  """' (grid top)' or ' (grid bottom)' when a searched value was chosen at
+  that end of its grid: the best may lie beyond it, in that direction."""
+  for key, value in record['chosen'].items():
+    grid = [p['overrides'][key] for p in record['search']]
+    if len(set(grid)) > 1 and value == max(grid):
+      return ' (grid top)'
+    if len(set(grid)) > 1 and value == min(grid):
+      return ' (grid bottom)'
+  return ''
+
+
 def task_table(task: str, block: dict, results: dict) -> list:
   metric, scale = results['metric'], results.get('scale', 1.0)
   extra = [k for k in block['records'][0]['runs'][0]['scores']
@@ -42,8 +54,9 @@ def task_table(task: str, block: dict, results: dict) -> list:
     for k in extra:
       cells.append(_mean_std([scale * run['scores'][k] for run in r['runs']],
                              scale))
-    cells.append(', '.join(f'{k.split(".")[-1]}={v}'
-                           for k, v in r['chosen'].items()) or '—')
+    cells.append((', '.join(f'{k.split(".")[-1]}={v}'
+                            for k, v in r['chosen'].items()) or '—')
+                 + grid_edge(r))
     cells.append(' / '.join(
         f"{p['overrides'].get('optimizer.lr', '')}: {p['select']:.3f}"
         for p in r['search']) or '—')
