@@ -38,6 +38,18 @@ def test_mean_std_is_the_sample_std():
   assert common.mean_std([5.0]) == (5.0, 0.0)
 
 
+def test_a_rate_chosen_at_the_end_of_its_grid_is_marked():
+  from experiments import render
+  record = lambda chosen, lrs: {
+      'chosen': {'optimizer.lr': chosen},
+      'search': [{'overrides': {'optimizer.lr': lr}} for lr in lrs]}
+  assert render.grid_edge(record(1e-2, [1e-3, 3e-3, 1e-2])) == ' (grid top)'
+  assert render.grid_edge(record(1e-3, [1e-3, 3e-3, 1e-2])) == \
+      ' (grid bottom)'
+  assert render.grid_edge(record(3e-3, [1e-3, 3e-3, 1e-2])) == ''
+  assert render.grid_edge({'chosen': {}, 'search': []}) == ''  # not searched
+
+
 @pytest.fixture(scope='module')
 def tiny_encoder(tmp_path_factory):
   import transformers
