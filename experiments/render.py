@@ -120,7 +120,7 @@ def plot(results: dict, path: str) -> None:
       if not r['trainable_params']:  # the model before adaptation: no x
         ax.axhline(m, color='0.5', linestyle='--', linewidth=1,
                    label=f"{r['method']} (nothing trained): {m:.1f}")
-        ax.legend(loc='lower right', fontsize=8)
+        ax.legend(loc='best', fontsize=8)
         continue
       x = r['trainable_params']
       color = 'C3' if r['method'] == 'ntk_attention' else 'C0'
@@ -134,6 +134,10 @@ def plot(results: dict, path: str) -> None:
                   10 ** math.ceil(math.log10(max(xs)) + 0.3))
     else:  # only the model before adaptation so far
       ax.set_xticks([])
+    low, high = ax.get_ylim()
+    if low < 0:  # scores are never negative; an all-zero row reached -0.04
+      high = max(high, 1.0)
+      ax.set_ylim(-0.03 * high, high)
     _label(ax, points)
     ax.set_xlabel('trainable parameters (log)')
     ax.set_ylabel(results['metric_label'])
