@@ -212,7 +212,7 @@ def main(argv=None):
     args.lengths += ',65536'
   sweeps = args.sweeps.split(',')
   rate = harness.matmul_rate()
-  print(f'{jax.devices()[0].device_kind}: float32 matmul '
+  print(f'{provenance.device()}: float32 matmul '
         f'{rate / 1e9:.0f} GFLOP/s (2048x2048)', flush=True)
   # Rows of sweeps not run now are kept from the last results.
   rows = []
@@ -252,7 +252,7 @@ def write(rows: list, command: str, rate: float, seconds: float,
   meta = dict(
       command=command, commit=provenance.git_commit(('benchmarks/results',)),
       date=datetime.date.today().isoformat(),
-      device=jax.devices()[0].device_kind, platform=jax.default_backend(),
+      device=provenance.device(), platform=jax.default_backend(),
       devices=jax.device_count(), cpu_count=os.cpu_count(),
       jax=jax.__version__, matmul_flops_per_s=rate,
       process_peak_rss_bytes=harness.process_peak_rss(),

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from experiments import common, papers
-from ntk_prefix import config as config_lib, sweep
+from ntk_prefix import config as config_lib, provenance
 
 CONFIG = 'configs/lm.py'
 TASK_NAMES = {'gsm8k': 'GSM8K test subset, exact match of #### N',
@@ -163,10 +163,16 @@ def decode_and_score(config, workdir: str, method=None,
       f.write(json.dumps({'prompt': p, 'completion': c,
                           'references': r}) + '\n')
   scores['decode_seconds'] = round(time.time() - t0, 1)
-  scores['device'] = sweep.device_kind()
+  scores['device'] = provenance.device()
   with open(path, 'w') as f:
     json.dump({**scores, 'settings': settings}, f, indent=2)
   return scores
+
+
+def scores_only(decoded: dict) -> dict:
+  """The metrics of decode_and_score, without how and where it ran."""
+  return {k: v for k, v in decoded.items()
+          if k not in ('decode_seconds', 'device')}
 
 
 def before_adaptation(spec: str, root: str, base: dict) -> dict:
@@ -176,13 +182,12 @@ def before_adaptation(spec: str, root: str, base: dict) -> dict:
   cfg, frozen, _ = base_model(config.model.path)
   method = methods.from_config(config.method, cfg)
   workdir = os.path.join(root, 'none', 'before_adaptation')
-  scores = decode_and_score(config, workdir, method, {})
-  wall = scores.pop('decode_seconds')
-  device = scores.pop('device', '')
+  decoded = decode_and_score(config, workdir, method, {})
   return {'method': 'none', 'trainable_params': 0, 'chosen': {},
           'select_metric': '', 'search': [],
-          'runs': [{'seed': 0, 'scores': scores, 'wall_seconds': wall,
-                    'device': device}]}
+          'runs': [{'seed': 0, 'scores': scores_only(decoded),
+                    'wall_seconds': decoded['decode_seconds'],
+                    'device': decoded.get('device', '')}]}
 
 
 def caption(c, task: str, full: bool) -> str:
@@ -233,10 +238,8 @@ def main(argv=None):
     if method == 'none':
       record = before_adaptation(spec, root, base)
     else:
-      score = lambda workdir, m: {
-          k: v for k, v in decode_and_score(
-              common.configured(spec, base), workdir).items()
-          if k not in ('decode_seconds', 'device')}
+      score = lambda workdir, m: scores_only(
+          decode_and_score(common.configured(spec, base), workdir))
       record = common.tune_and_repeat(
           spec, method, module.get_search_space(args.task + size)[method],
           args.seeds, root, select='eval_loss', higher_is_better=False,

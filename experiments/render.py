@@ -27,11 +27,9 @@ def grid_edge(record: dict) -> str:
   """' (grid top)' or ' (grid bottom)' when a searched value was chosen at
   that end of its grid: the best may lie beyond it, in that direction."""
   for key, value in record['chosen'].items():
-    grid = [p['overrides'][key] for p in record['search']]
-    if len(set(grid)) > 1 and value == max(grid):
-      return ' (grid top)'
-    if len(set(grid)) > 1 and value == min(grid):
-      return ' (grid bottom)'
+    grid = sorted({p['overrides'][key] for p in record['search']})
+    if len(grid) > 1 and value in (grid[0], grid[-1]):
+      return ' (grid top)' if value == grid[-1] else ' (grid bottom)'
   return ''
 
 
@@ -120,12 +118,13 @@ def plot(results: dict, path: str) -> None:
       if not r['trainable_params']:  # the model before adaptation: no x
         ax.axhline(m, color='0.5', linestyle='--', linewidth=1,
                    label=f"{r['method']} (nothing trained): {m:.1f}")
-        ax.legend(loc='best', fontsize=8)
         continue
       x = r['trainable_params']
       color = 'C3' if r['method'] == 'ntk_attention' else 'C0'
       ax.errorbar([x], [m], yerr=[s], fmt='o', color=color, capsize=3)
       points.append((x, m, r['method']))
+    if ax.get_legend_handles_labels()[1]:
+      ax.legend(loc='best', fontsize=8)
     ax.set_xscale('log')
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if points:  # whole decades, with room for the outermost labels

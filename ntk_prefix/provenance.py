@@ -20,6 +20,13 @@ def git_commit(exclude: tuple = ()) -> str:
     return 'unknown'
 
 
+def device() -> str:
+  """What ran it: 'cpu' or the accelerator's name, e.g. 'NVIDIA H100 80GB
+  HBM3' (a wall time means little without it)."""
+  import jax
+  return jax.devices()[0].device_kind
+
+
 def command_line(module: str, argv: list) -> str:
   """The command that reruns this: `python -m MODULE ARGS`."""
   return ' '.join(shlex.quote(a) for a in ['python', '-m', module, *argv])

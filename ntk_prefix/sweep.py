@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from ntk_prefix import config as config_lib
+from ntk_prefix import config as config_lib, provenance
 
 
 def point_name(overrides: dict) -> str:
@@ -40,18 +40,11 @@ def run_point(config, workdir: str) -> dict:
     with open(final) as f:
       metrics = json.load(f)
     metrics['wall_seconds'] = round(time.time() - t0, 1)
-    metrics['device'] = device_kind()  # wall times mean little without it
+    metrics['device'] = provenance.device()
     with open(final, 'w') as f:
       json.dump(metrics, f, indent=2)
   with open(final) as f:
     return json.load(f)
-
-
-def device_kind() -> str:
-  """What ran it: 'cpu' or the accelerator's name, e.g. 'NVIDIA H100 80GB
-  HBM3'."""
-  import jax
-  return jax.devices()[0].device_kind
 
 
 def check_same_config(config, workdir: str) -> None:
