@@ -47,6 +47,7 @@ experiments: install
 	$(PY) -m experiments.nlu
 	$(PY) -m experiments.lm --task=gsm8k
 	$(PY) -m experiments.lm --task=e2e_nlg
+	$(PY) -m experiments.init_loss --task=e2e_nlg
 	$(PY) -m experiments.vision
 
 clean:

@@ -142,6 +142,34 @@ def test_lm_table_command(hf_checkpoint, tmp_path):
   assert max(len(l['references']) for l in lines) > 1
 
 
+def test_init_loss_command(hf_checkpoint, tmp_path):
+  """Methods that start at the identity start at the frozen model's loss."""
+  from experiments import init_loss
+  from ntk_prefix import checkpoints
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
+  checkpoints.load_tokenizer(
+      checkpoints.default_decoder_path()).save_pretrained(path)
+  out = tmp_path / 'init_loss.md'
+  config = common.configured('configs/lm.py:e2e_nlg', {
+      'model.path': str(path), 'task.prepared_dir': str(tmp_path / 'tfds'),
+      'task.max_length': '64', 'task.eval_split': 'train[-16:]'})
+  losses = init_loss.initial_losses(config, ['none', 'lora', 'full', 'iapt'],
+                                    seeds=2)
+  frozen = losses['none'][0]
+  assert len(losses['none']) == 1 and len(losses['iapt']) == 2
+  assert losses['lora'] == pytest.approx([frozen] * 2, rel=1e-6)
+  assert losses['full'] == pytest.approx([frozen] * 2, rel=1e-6)
+  assert abs(losses['iapt'][0] - frozen) > 1e-4  # tokens enter attention
+  init_loss.main(['--methods=none,lora', '--seeds=1', f'--out={out}',
+                  f'--config.model.path={path}',
+                  f'--config.task.prepared_dir={tmp_path / "tfds"}',
+                  '--config.task.max_length=64',
+                  '--config.task.eval_split=train[-16:]'])
+  text = out.read_text()
+  assert 'python -m experiments.init_loss --methods=none,lora' in text
+  assert '| lora |' in text and '+0.000 |' in text
+
+
 class TinyImagesForTest:  # defined lazily: tfds registers builders by name
   pass
 

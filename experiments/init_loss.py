@@ -1,0 +1,86 @@
+r"""How far each method's initial state moves the frozen model: the held-out
+token loss of every method at step 0, beside the frozen model's.
+
+  python -m experiments.init_loss --task=e2e_nlg [--methods=...] [--seeds=2]
+
+A method whose initial state is near the identity starts at the frozen
+model's loss; one that starts far above it spends its first steps undoing
+its own initialisation (see the README on IAPT). Writes
+experiments/results/<task>/init_loss.md; no training, no decoding.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+
+import jax
+
+from experiments import common
+from ntk_prefix import config as config_lib, methods, provenance, train
+
+CONFIG = 'configs/lm.py'
+
+
+def initial_losses(config, names: list, seeds: int) -> dict:
+  """{method: [held-out token loss at init, one per seed]}."""
+  setup = train.build(config)
+  frozen = jax.tree.map(jax.numpy.asarray, setup.frozen_params)
+  out = {}
+  for name in names:
+    config_lib.override(config, 'method.name', name)
+    s = dataclasses.replace(setup, config=config,
+                            method=methods.from_config(
+                                config.method, setup.model_cfg))
+    evaluate = jax.jit(lambda p, f, b, s=s: train.loss_and_metrics(
+        p, f, b, None, s=s, train=False)[1])
+    out[name] = []
+    for seed in range(seeds if name != 'none' else 1):
+      config_lib.override(config, 'seed', str(seed))
+      params = train.init_method_params(s)
+      out[name].append(train.run_eval(s, evaluate, params, frozen)['eval_loss'])
+      print(f'{name} seed {seed}: {out[name][-1]:.3f}', file=sys.stderr,
+            flush=True)
+  return out
+
+
+def render(losses: dict, task: str, eval_split: str, stamp: dict) -> str:
+  frozen = losses['none'][0] if 'none' in losses else None
+  lines = [f'## Held-out token loss at initialisation: {task}', '',
+           f'Every method\'s state as `init` makes it (seeds 0..n-1), no '
+           f'training step; the loss on `{eval_split}`, the rows that choose '
+           f'the learning rate. `none` is the frozen model.', '',
+           f'Command: `{stamp["command"]}`; commit {stamp["commit"]}; '
+           f'{stamp["date"]}.', '',
+           '| method | loss at init (mean) | minus frozen | per seed |',
+           '|---|---:|---:|---|']
+  for name, values in losses.items():
+    mean = sum(values) / len(values)
+    above = '—' if frozen is None else f'{mean - frozen:+.3f}'
+    lines.append(f'| {name} | {mean:.3f} | {above} | '
+                 f'{" / ".join(f"{v:.3f}" for v in values)} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  module = config_lib.load_file(CONFIG)
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--task', default='e2e_nlg', choices=['gsm8k', 'e2e_nlg'])
+  p.add_argument('--methods', default=','.join(module.METHODS))
+  p.add_argument('--seeds', type=int, default=2)
+  p.add_argument('--out', default='',
+                 help='default experiments/results/<task>/init_loss.md')
+  args, base, command = common.parse(p, argv, 'experiments.init_loss')
+  config = common.configured(f'{CONFIG}:{args.task}', base)
+  eval_split = config.task.eval_split
+  losses = initial_losses(config, args.methods.split(','), args.seeds)
+  text = render(losses, args.task, eval_split, provenance.stamp(
+      command, exclude=('experiments/results',)))
+  out = args.out or f'experiments/results/{args.task}/init_loss.md'
+  os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+  with open(out, 'w') as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == '__main__':
+  main()
