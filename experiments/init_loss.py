@@ -13,8 +13,6 @@ import dataclasses
 import os
 import sys
 
-import jax
-
 from experiments import common
 from ntk_prefix import config as config_lib, methods, provenance, train
 
@@ -22,20 +20,21 @@ CONFIG = 'configs/lm.py'
 
 
 def initial_losses(config, names: list, seeds: int) -> dict:
-  """{method: [held-out token loss at init, one per seed]}."""
+  """{method: [held-out token loss at init, one per seed]}; the model and
+  data load once, each method's state is made and scored as training
+  would score it before its first step."""
   setup = train.build(config)
-  frozen = jax.tree.map(jax.numpy.asarray, setup.frozen_params)
+  frozen, frozen_sharding = train.place_frozen(setup)
   out = {}
   for name in names:
-    config_lib.override(config, 'method.name', name)
-    s = dataclasses.replace(setup, config=config,
-                            method=methods.from_config(
-                                config.method, setup.model_cfg))
-    evaluate = jax.jit(lambda p, f, b, s=s: train.loss_and_metrics(
-        p, f, b, None, s=s, train=False)[1])
+    c = config.copy_and_resolve_references()  # the caller's stays as it was
+    config_lib.override(c, 'method.name', name)
+    s = dataclasses.replace(setup, config=c, method=methods.from_config(
+        c.method, setup.model_cfg))
+    evaluate = train.make_eval_step(s, frozen_sharding)
     out[name] = []
     for seed in range(seeds if name != 'none' else 1):
-      config_lib.override(config, 'seed', str(seed))
+      c.seed = seed
       params = train.init_method_params(s)
       out[name].append(train.run_eval(s, evaluate, params, frozen)['eval_loss'])
       print(f'{name} seed {seed}: {out[name][-1]:.3f}', file=sys.stderr,

@@ -151,6 +151,31 @@ def loss_and_metrics(method_params, frozen_params, batch, rng, *, s: Setup,
                 'count': jnp.sum(w)}
 
 
+def place_frozen(s: Setup):
+  """(frozen params in config.model.dtype laid out on the mesh, their
+  shardings): what every step reads."""
+  dtype = jnp.bfloat16 if s.config.model.dtype == 'bfloat16' else jnp.float32
+  frozen_sharding = sharding.frozen_shardings(
+      s.frozen_params, s.config.sharding.frozen_rules, s.mesh)
+  frozen = jax.device_put(
+      jax.tree.map(lambda x: jnp.asarray(x, dtype), s.frozen_params),
+      frozen_sharding)
+  return frozen, frozen_sharding
+
+
+def make_eval_step(s: Setup, frozen_sharding):
+  """The jitted eval step: sums of loss, correct and count over a batch."""
+  def eval_step(method_params, frozen_params, batch):
+    _, sums = loss_and_metrics(method_params, frozen_params, batch, None, s=s,
+                               train=False)
+    return sums
+
+  return jax.jit(eval_step,
+                 in_shardings=(NamedSharding(s.mesh, P()), frozen_sharding,
+                               NamedSharding(s.mesh, P('data'))),
+                 out_shardings=NamedSharding(s.mesh, P()))
+
+
 def make_steps(s: Setup, opt, frozen_sharding):
   """The jitted train and eval steps with explicit shardings."""
   replicated = NamedSharding(s.mesh, P())
@@ -165,21 +190,13 @@ def make_steps(s: Setup, opt, frozen_sharding):
     return method_params, opt_state, {'train_loss': loss,
                                       'grad_norm': optax.tree.norm(grads)}
 
-  def eval_step(method_params, frozen_params, batch):
-    _, sums = loss_and_metrics(method_params, frozen_params, batch, None, s=s,
-                               train=False)
-    return sums
-
   train = jax.jit(
       train_step,
       in_shardings=(replicated, replicated, frozen_sharding, batch_sharding,
                     replicated),
       out_shardings=(replicated, replicated, replicated),
       donate_argnums=(0, 1))
-  evaluate = jax.jit(eval_step,
-                     in_shardings=(replicated, frozen_sharding, batch_sharding),
-                     out_shardings=replicated)
-  return train, evaluate
+  return train, make_eval_step(s, frozen_sharding)
 
 
 def run_eval(s: Setup, evaluate, method_params, frozen_params,
@@ -256,12 +273,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   s = build(config)
-  dtype = jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32
-  frozen_sharding = sharding.frozen_shardings(
-      s.frozen_params, config.sharding.frozen_rules, s.mesh)
-  frozen = jax.device_put(
-      jax.tree.map(lambda x: jnp.asarray(x, dtype), s.frozen_params),
-      frozen_sharding)
+  frozen, frozen_sharding = place_frozen(s)
   opt, schedule = make_optimizer(config)
   replicated = NamedSharding(s.mesh, P())
   method_params = jax.device_put(init_method_params(s), replicated)

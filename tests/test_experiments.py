@@ -155,6 +155,7 @@ def test_init_loss_command(hf_checkpoint, tmp_path):
       'task.max_length': '64', 'task.eval_split': 'train[-16:]'})
   losses = init_loss.initial_losses(config, ['none', 'lora', 'full', 'iapt'],
                                     seeds=2)
+  assert config.method.name == 'ntk_attention'  # the caller's config is kept
   frozen = losses['none'][0]
   assert len(losses['none']) == 1 and len(losses['iapt']) == 2
   assert losses['lora'] == pytest.approx([frozen] * 2, rel=1e-6)
