@@ -13,11 +13,8 @@ import dataclasses
 import os
 import sys
 
-from experiments import common
+from experiments import common, lm
 from ntk_prefix import config as config_lib, methods, provenance, train
-
-CONFIG = 'configs/lm.py'
-
 
 def initial_losses(config, names: list, seeds: int) -> dict:
   """{method: [held-out token loss at init, one per seed]}; the model and
@@ -61,15 +58,15 @@ def render(losses: dict, task: str, eval_split: str, stamp: dict) -> str:
 
 
 def main(argv=None):
-  module = config_lib.load_file(CONFIG)
+  module = config_lib.load_file(lm.CONFIG)
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--task', default='e2e_nlg', choices=['gsm8k', 'e2e_nlg'])
+  p.add_argument('--task', default='e2e_nlg', choices=sorted(lm.TASK_NAMES))
   p.add_argument('--methods', default=','.join(module.METHODS))
   p.add_argument('--seeds', type=int, default=2)
   p.add_argument('--out', default='',
                  help='default experiments/results/<task>/init_loss.md')
   args, base, command = common.parse(p, argv, 'experiments.init_loss')
-  config = common.configured(f'{CONFIG}:{args.task}', base)
+  config = common.configured(f'{lm.CONFIG}:{args.task}', base)
   eval_split = config.task.eval_split
   losses = initial_losses(config, args.methods.split(','), args.seeds)
   text = render(losses, args.task, eval_split, provenance.stamp(
