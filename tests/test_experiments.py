@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import common, lm, nlu, redraw
+from experiments import common, grid_edge, lm, nlu, redraw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,6 +29,15 @@ def test_e2e_bleu_uses_every_reference():
   assert lm.score_e2e(hyp, refs)['bleu'] == pytest.approx(1.0)
   worse = lm.score_e2e(['The Mill.', 'Aromi serves food.'], refs)['bleu']
   assert 0.0 <= worse < 0.7
+
+
+def test_grid_edge_steps_one_point_beyond_the_end_chosen():
+  full = [1e-3, 3e-3, 1e-2, 3e-2]
+  searched = [3e-3, 1e-2]
+  assert grid_edge.further_out(searched, 1e-2, full) == ('top', 3e-2)
+  assert grid_edge.further_out(searched, 3e-3, full) == ('bottom', 1e-3)
+  assert grid_edge.further_out([1e-2, 3e-2], 3e-2, full) == ('top', None)
+  assert grid_edge.further_out(full[:3], 3e-3, full) == ('inside', None)
 
 
 def test_mean_std_is_the_sample_std():
@@ -108,6 +117,22 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
   (out / 'metric_vs_params.png').unlink()
   redraw.main([str(out)])
   assert (out / 'table.md').read_text() == table
+
+  # One grid point further out for each choice at an end of the grid: the
+  # table's run folders, one new run per edge choice, nothing else rerun.
+  rows = grid_edge.check('nlu', 'cb', results, common.config_overrides(
+      argv[5:]), str(work), log=lambda s: None)
+  assert [r['method'] for r in rows] == ['none', 'ntk_attention']
+  new = [p for p in work.rglob('final_metrics.json') if p not in mtimes]
+  assert len(new) == sum(r['further'] is not None for r in rows) > 0
+  for r in rows:
+    if r['further'] is not None:
+      [path] = work.glob(f'cb*/{r["method"]}/lr={r["further"]},seed=0/'
+                         'final_metrics.json')
+      ran = json.loads(path.read_text())
+      assert r['further_select'] == ran['eval_accuracy']
+      assert r['better'] == (ran['eval_accuracy'] > r['select'])
+  assert all(p.stat().st_mtime == t for p, t in mtimes.items())
   assert (out / 'metric_vs_params.png').exists()
 
 
