@@ -133,6 +133,12 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
       assert r['further_select'] == ran['eval_accuracy']
       assert r['better'] == (ran['eval_accuracy'] > r['select'])
   assert all(p.stat().st_mtime == t for p, t in mtimes.items())
+  text = grid_edge.render(rows, 'nlu', 'cb',
+                          {'command': 'c', 'commit': 'x', 'date': 'd'})
+  better = sum(r.get('better', False) for r in rows)
+  assert f'{better} of {len(new)} do better' in text
+  assert '| ntk_attention |' in text and 'test_accuracy' in text
+  assert 'nan' not in text  # only metrics the table itself reported
   assert (out / 'metric_vs_params.png').exists()
 
 
