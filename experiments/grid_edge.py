@@ -7,13 +7,15 @@ sizes, and compare the held-out score that made the choice.
   python -m experiments.grid_edge --table=lm --task=e2e_nlg
 
 Reads the table's results.json and writes grid_edge_<task>.md beside it.
-Runs go where the table's own runs go (--workdir), so a later table run
-over the wider grid reuses them. Nothing is decoded: on the generation
-tasks only the held-out loss is compared.
+The runs take the table's sizes, with the --config overrides its recorded
+command had. They go where the table's own runs go (--workdir), so a later
+table run over the wider grid reuses them. Nothing is decoded: on the
+generation tasks only the held-out loss is compared.
 """
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from experiments import common, lm, nlu
@@ -45,6 +47,10 @@ def check(table: str, task: str, results: dict, base: dict, workdir: str,
   """One row per method: its choice, and the held-out score one grid point
   further out where the choice sat at an end of the searched grid."""
   config_path, _, select, higher = TABLES[table]
+  # The table's own --config overrides (its sizes), from its recorded command.
+  base = {**common.config_overrides(
+      [a for a in shlex.split(results['command']) if a.startswith('--config.')]),
+      **base}
   module = config_lib.load_file(config_path)
   full_grid = module.get_search_space(task + ',full')
   spec = f'{config_path}:{task}'
