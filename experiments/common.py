@@ -69,6 +69,15 @@ def run_root(workdir: str, name: str, base: dict) -> str:
   return os.path.join(workdir, name)
 
 
+def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
+             base: dict) -> tuple:
+  """(workdir, final metrics) of one run of a table: `point` at `seed`, in
+  the folder the table keeps it in (finished runs are read, not rerun)."""
+  workdir = os.path.join(root, method, point_name(point) + f',seed={seed}')
+  overrides = {**base, 'method.name': method, **point, 'seed': seed}
+  return workdir, run_point(configured(spec, overrides), workdir)
+
+
 def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     root: str, *, select: str, higher_is_better: bool,
                     score: Callable[[str, dict], dict],
@@ -82,9 +91,7 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   search = []
   base = base or {}
   for point in grid:
-    overrides = {**base, 'method.name': method, **point, 'seed': 0}
-    workdir = os.path.join(root, method, point_name(point) + ',seed=0')
-    metrics = run_point(configured(spec, overrides), workdir)
+    workdir, metrics = run_seed(spec, root, method, point, 0, base)
     scored = score(workdir, metrics)
     search.append({'overrides': point, 'select': metrics[select],
                    'scores': scored, 'wall_seconds': metrics['wall_seconds'],
@@ -99,11 +106,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
            'wall_seconds': chosen['wall_seconds'],
            'device': chosen['device']}]
   for seed in range(1, seeds):
-    overrides = {**base, 'method.name': method, **chosen['overrides'],
-                 'seed': seed}
-    workdir = os.path.join(root, method,
-                           point_name(chosen['overrides']) + f',seed={seed}')
-    metrics = run_point(configured(spec, overrides), workdir)
+    workdir, metrics = run_seed(spec, root, method, chosen['overrides'],
+                                seed, base)
     runs.append({'seed': seed, 'scores': score(workdir, metrics),
                  'wall_seconds': metrics['wall_seconds'],
                  'device': metrics.get('device', '')})

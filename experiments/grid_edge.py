@@ -18,62 +18,57 @@ import os
 import shlex
 import sys
 
-from experiments import common, lm, nlu
+from experiments import common, lm, nlu, render as table_render
 from ntk_prefix import config as config_lib, provenance
-from ntk_prefix.sweep import point_name, run_point
 
-# table -> (config, default workdir, held-out metric, higher is better)
-TABLES = {'nlu': (nlu.CONFIG, 'workdirs/experiments/nlu', 'eval_accuracy',
-                  True),
-          'lm': (lm.CONFIG, 'workdirs/experiments/lm', 'eval_loss', False)}
+# table -> (the table's module: its CONFIG and WORKDIR; higher is better for
+# the held-out metric it chooses by, which its records name)
+TABLES = {'nlu': (nlu, True), 'lm': (lm, False)}
 LR = 'optimizer.lr'
 
 
-def further_out(searched: list, chosen: float, full_grid: list):
-  """('top' | 'bottom' | 'inside', the next rate outward or None). The
-  next rate is the nearest point of the full grid beyond the searched end
-  the choice sits at; None when the full grid ends there too."""
-  if len(searched) < 2 or min(searched) < chosen < max(searched):
+def further_out(record: dict, full_grid: list) -> tuple:
+  """('top' | 'bottom' | 'inside', the next rate outward or None): the
+  nearest rate of the full grid beyond the end of the searched grid that
+  the record's choice sits at; None when the full grid ends there too."""
+  side = table_render.edge_side(record)
+  if not side:
     return 'inside', None
-  if chosen == max(searched):
+  chosen = record['chosen'][LR]
+  if side == 'top':
     beyond = [lr for lr in full_grid if lr > chosen]
-    return 'top', min(beyond) if beyond else None
+    return side, min(beyond) if beyond else None
   beyond = [lr for lr in full_grid if lr < chosen]
-  return 'bottom', max(beyond) if beyond else None
+  return side, max(beyond) if beyond else None
 
 
 def check(table: str, task: str, results: dict, base: dict, workdir: str,
           log=print) -> list:
   """One row per method: its choice, and the held-out score one grid point
   further out where the choice sat at an end of the searched grid."""
-  config_path, _, select, higher = TABLES[table]
+  module, higher = TABLES[table]
   # The table's own --config overrides (its sizes), from its recorded command.
   base = {**common.config_overrides(
       [a for a in shlex.split(results['command']) if a.startswith('--config.')]),
       **base}
-  module = config_lib.load_file(config_path)
-  full_grid = module.get_search_space(task + ',full')
-  spec = f'{config_path}:{task}'
+  full_grid = config_lib.load_file(module.CONFIG).get_search_space(
+      task + ',full')
+  spec = f'{module.CONFIG}:{task}'
   root = common.run_root(workdir, task, base)
   rows = []
   for record in results['tasks'][task]['records']:
-    method = record['method']
+    method, select = record['method'], record['select_metric']
     if LR not in record['chosen']:
       continue  # `none` on the LM tables: nothing trained, nothing chosen
-    searched = [p['overrides'][LR] for p in record['search']]
     chosen = record['chosen'][LR]
     at = next(p for p in record['search'] if p['overrides'][LR] == chosen)
-    side, lr = further_out(searched, chosen,
-                           [p[LR] for p in full_grid[method]])
-    row = {'method': method, 'searched': searched, 'chosen': chosen,
-           'side': side, 'select': at['select'], 'scores': at['scores'],
-           'further': lr}
+    side, lr = further_out(record, [p[LR] for p in full_grid[method]])
+    row = {'method': method, 'select_metric': select, 'higher': higher,
+           'searched': [p['overrides'][LR] for p in record['search']],
+           'chosen': chosen, 'side': side, 'select': at['select'],
+           'scores': at['scores'], 'further': lr}
     if lr is not None:
-      point = {LR: lr}
-      metrics = run_point(
-          common.configured(spec, {**base, 'method.name': method, **point,
-                                   'seed': 0}),
-          os.path.join(root, method, point_name(point) + ',seed=0'))
+      _, metrics = common.run_seed(spec, root, method, {LR: lr}, 0, base)
       row['further_select'] = metrics[select]
       row['further_scores'] = {k: v for k, v in metrics.items()
                                if k.startswith('test_')}
@@ -85,9 +80,8 @@ def check(table: str, task: str, results: dict, base: dict, workdir: str,
   return rows
 
 
-def render(rows: list, table: str, task: str, stamp: dict) -> str:
-  select = TABLES[table][2]
-  higher = TABLES[table][3]
+def render(rows: list, task: str, stamp: dict) -> str:
+  select, higher = rows[0]['select_metric'], rows[0]['higher']
   edge = [r for r in rows if 'better' in r]
   lines = [
       f'## Beyond the learning-rate grid: {task}', '',
@@ -102,8 +96,8 @@ def render(rows: list, table: str, task: str, stamp: dict) -> str:
       f'{stamp["date"]}.', '']
   # The table's reported metric (dev set / test subset), where the table
   # scored it without decoding: seed 0 only, never used for a choice.
-  test_keys = sorted({k for r in edge for k in r['further_scores']
-                      if k in r['scores']})
+  test_keys = sorted(k for k in edge[0]['further_scores']
+                     if k in edge[0]['scores']) if edge else []
   head = ['method', 'grid searched', 'chosen', f'{select} there',
           'one point further', f'{select} there', 'better further out']
   head += [f'{k} (seed 0): chosen → further' for k in test_keys]
@@ -114,7 +108,7 @@ def render(rows: list, table: str, task: str, stamp: dict) -> str:
     if 'better' in r:
       cells += [f'{r["further"]:g}', f'{r["further_select"]:.4f}',
                 '**yes**' if r['better'] else 'no']
-      cells += [f'{r["scores"].get(k, float("nan")):.4f} → '
+      cells += [f'{r["scores"][k]:.4f} → '
                 f'{r["further_scores"][k]:.4f}' for k in test_keys]
     else:
       why = ('chosen inside the grid' if r['side'] == 'inside'
@@ -145,9 +139,12 @@ def main(argv=None):
     raise SystemExit(f'--task={args.task}: {path} has tasks '
                      f'{sorted(results["tasks"])}.')
   rows = check(args.table, args.task, results, base,
-               args.workdir or TABLES[args.table][1],
+               args.workdir or TABLES[args.table][0].WORKDIR,
                log=lambda s: print(s, file=sys.stderr, flush=True))
-  text = render(rows, args.table, args.task, provenance.stamp(
+  if not rows:
+    raise SystemExit(f'--task={args.task}: no method of {path} chose a '
+                     'learning rate; nothing to look beyond.')
+  text = render(rows, args.task, provenance.stamp(
       command, exclude=('experiments/results',)))
   with open(os.path.join(folder, f'grid_edge_{args.task}.md'), 'w') as f:
     f.write(text)

@@ -22,6 +22,7 @@ from experiments import common, papers
 from ntk_prefix import config as config_lib, provenance
 
 CONFIG = 'configs/lm.py'
+WORKDIR = 'workdirs/experiments/lm'
 TASK_NAMES = {'gsm8k': 'GSM8K test subset, exact match of #### N',
               'e2e_nlg': 'E2E test subset, BLEU (all references)'}
 PROMPT = {  # as the training data (ntk_prefix.data.pipeline.PROMPTS)
@@ -214,7 +215,7 @@ def caption(c, task: str, full: bool) -> str:
 def main(argv=None):
   module = config_lib.load_file(CONFIG)
   p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
-                          'workdirs/experiments/lm')
+                          WORKDIR)
   p.add_argument('--task', default='gsm8k', choices=sorted(TASK_NAMES))
   args, base, command = common.parse(p, argv, 'experiments.lm')
   size = ',full' if args.full else ''

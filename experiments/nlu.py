@@ -13,6 +13,7 @@ from experiments import common, papers
 from ntk_prefix import config as config_lib
 
 CONFIG = 'configs/nlu.py'
+WORKDIR = 'workdirs/experiments/nlu'
 TASK_NAMES = {'sst2': 'SST-2 (GLUE dev, 872)', 'rte': 'RTE (GLUE dev, 277)',
               'cb': 'CB (SuperGLUE val, 56)', 'boolq': 'BoolQ (SuperGLUE val)'}
 
@@ -20,7 +21,7 @@ TASK_NAMES = {'sst2': 'SST-2 (GLUE dev, 872)', 'rte': 'RTE (GLUE dev, 277)',
 def main(argv=None):
   module = config_lib.load_file(CONFIG)
   p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
-                          'workdirs/experiments/nlu')
+                          WORKDIR)
   p.add_argument('--tasks', default='sst2,rte,cb')
   args, base, command = common.parse(p, argv, 'experiments.nlu')
   out = args.out or 'experiments/results/nlu'

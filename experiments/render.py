@@ -23,14 +23,19 @@ def _mean_std(values: list, scale: float) -> str:
   return f'{m:.{digits}f} ± {s:.{digits}f}'
 
 
-def grid_edge(record: dict) -> str:
-  """' (grid top)' or ' (grid bottom)' when a searched value was chosen at
-  that end of its grid: the best may lie beyond it, in that direction."""
+def edge_side(record: dict) -> str:
+  """'top' or 'bottom' when a searched value was chosen at that end of its
+  grid (the best may lie beyond it, in that direction), else ''."""
   for key, value in record['chosen'].items():
     grid = sorted({p['overrides'][key] for p in record['search']})
     if len(grid) > 1 and value in (grid[0], grid[-1]):
-      return ' (grid top)' if value == grid[-1] else ' (grid bottom)'
+      return 'top' if value == grid[-1] else 'bottom'
   return ''
+
+
+def grid_edge(record: dict) -> str:
+  side = edge_side(record)
+  return f' (grid {side})' if side else ''
 
 
 def task_table(task: str, block: dict, results: dict) -> list:

@@ -32,12 +32,16 @@ def test_e2e_bleu_uses_every_reference():
 
 
 def test_grid_edge_steps_one_point_beyond_the_end_chosen():
+  def record(searched, chosen):
+    return {'chosen': {'optimizer.lr': chosen},
+            'search': [{'overrides': {'optimizer.lr': lr}} for lr in searched]}
   full = [1e-3, 3e-3, 1e-2, 3e-2]
   searched = [3e-3, 1e-2]
-  assert grid_edge.further_out(searched, 1e-2, full) == ('top', 3e-2)
-  assert grid_edge.further_out(searched, 3e-3, full) == ('bottom', 1e-3)
-  assert grid_edge.further_out([1e-2, 3e-2], 3e-2, full) == ('top', None)
-  assert grid_edge.further_out(full[:3], 3e-3, full) == ('inside', None)
+  further = lambda s, c: grid_edge.further_out(record(s, c), full)
+  assert further(searched, 1e-2) == ('top', 3e-2)
+  assert further(searched, 3e-3) == ('bottom', 1e-3)
+  assert further([1e-2, 3e-2], 3e-2) == ('top', None)
+  assert further(full[:3], 3e-3) == ('inside', None)
 
 
 def test_mean_std_is_the_sample_std():
@@ -134,7 +138,7 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
       assert r['further_select'] == ran['eval_accuracy']
       assert r['better'] == (ran['eval_accuracy'] > r['select'])
   assert all(p.stat().st_mtime == t for p, t in mtimes.items())
-  text = grid_edge.render(rows, 'nlu', 'cb',
+  text = grid_edge.render(rows, 'cb',
                           {'command': 'c', 'commit': 'x', 'date': 'd'})
   better = sum(r.get('better', False) for r in rows)
   assert f'{better} of {len(new)} do better' in text
