@@ -21,8 +21,9 @@ import sys
 from experiments import common, lm, nlu, render as table_render
 from ntk_prefix import config as config_lib, provenance
 
-# table -> (the table's module: its CONFIG and WORKDIR; higher is better for
-# the held-out metric it chooses by, which its records name)
+# table -> (the table's module: its CONFIG, WORKDIR and results_folder;
+# higher is better for the held-out metric it chooses by, which its records
+# name)
 TABLES = {'nlu': (nlu, True), 'lm': (lm, False)}
 LR = 'optimizer.lr'
 
@@ -31,7 +32,7 @@ def further_out(record: dict, full_grid: list) -> tuple:
   """('top' | 'bottom' | 'inside', the next rate outward or None): the
   nearest rate of the full grid beyond the end of the searched grid that
   the record's choice sits at; None when the full grid ends there too."""
-  side = table_render.edge_side(record)
+  side = table_render.edge_side(record, LR)
   if not side:
     return 'inside', None
   chosen = record['chosen'][LR]
@@ -127,8 +128,7 @@ def main(argv=None):
                       'experiments/results/<nlu or the task>')
   p.add_argument('--workdir', default='')
   args, base, command = common.parse(p, argv, 'experiments.grid_edge')
-  folder = args.results or os.path.join(
-      'experiments/results', 'nlu' if args.table == 'nlu' else args.task)
+  folder = args.results or TABLES[args.table][0].results_folder(args.task)
   path = os.path.join(folder, 'results.json')
   if not os.path.exists(path):
     raise SystemExit(f'--results={folder}: no results.json there; run the '

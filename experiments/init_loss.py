@@ -71,7 +71,8 @@ def main(argv=None):
   losses = initial_losses(config, args.methods.split(','), args.seeds)
   text = render(losses, args.task, eval_split, provenance.stamp(
       command, exclude=('experiments/results',)))
-  out = args.out or f'experiments/results/{args.task}/init_loss.md'
+  out = args.out or os.path.join(lm.results_folder(args.task),
+                                 'init_loss.md')
   os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
   with open(out, 'w') as f:
     f.write(text)

@@ -212,6 +212,11 @@ def caption(c, task: str, full: bool) -> str:
           'decoding (for `none`: its decoding).')
 
 
+def results_folder(task: str) -> str:
+  """Where the table writes by default: a folder per task."""
+  return f'experiments/results/{task}'
+
+
 def main(argv=None):
   module = config_lib.load_file(CONFIG)
   p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
@@ -220,7 +225,7 @@ def main(argv=None):
   args, base, command = common.parse(p, argv, 'experiments.lm')
   size = ',full' if args.full else ''
   spec = f'{CONFIG}:{args.task}{size}'
-  out = args.out or f'experiments/results/{args.task}'
+  out = args.out or results_folder(args.task)
   root = common.run_root(args.workdir, args.task + size.replace(',', '_'),
                          base)
   c = common.configured(spec, base)

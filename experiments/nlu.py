@@ -18,13 +18,19 @@ TASK_NAMES = {'sst2': 'SST-2 (GLUE dev, 872)', 'rte': 'RTE (GLUE dev, 277)',
               'cb': 'CB (SuperGLUE val, 56)', 'boolq': 'BoolQ (SuperGLUE val)'}
 
 
+def results_folder(task: str = '') -> str:
+  """Where the table writes by default: one folder for all NLU tasks (the
+  argument keeps the signature of lm.results_folder)."""
+  return 'experiments/results/nlu'
+
+
 def main(argv=None):
   module = config_lib.load_file(CONFIG)
   p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
                           WORKDIR)
   p.add_argument('--tasks', default='sst2,rte,cb')
   args, base, command = common.parse(p, argv, 'experiments.nlu')
-  out = args.out or 'experiments/results/nlu'
+  out = args.out or results_folder()
   tasks = args.tasks.split(',')
   methods = args.methods.split(',')
   size = ',full' if args.full else ''

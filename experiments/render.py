@@ -23,11 +23,13 @@ def _mean_std(values: list, scale: float) -> str:
   return f'{m:.{digits}f} ± {s:.{digits}f}'
 
 
-def edge_side(record: dict) -> str:
-  """'top' or 'bottom' when a searched value was chosen at that end of its
-  grid (the best may lie beyond it, in that direction), else ''."""
-  for key, value in record['chosen'].items():
-    grid = sorted({p['overrides'][key] for p in record['search']})
+def edge_side(record: dict, key: str = '') -> str:
+  """'top' or 'bottom' when a searched value (of `key`, or of any searched
+  key) was chosen at that end of its grid (the best may lie beyond it, in
+  that direction), else ''."""
+  for k in [key] if key else record['chosen']:
+    value = record['chosen'][k]
+    grid = sorted({p['overrides'][k] for p in record['search']})
     if len(grid) > 1 and value in (grid[0], grid[-1]):
       return 'top' if value == grid[-1] else 'bottom'
   return ''

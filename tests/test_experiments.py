@@ -42,6 +42,12 @@ def test_grid_edge_steps_one_point_beyond_the_end_chosen():
   assert further(searched, 3e-3) == ('bottom', 1e-3)
   assert further([1e-2, 3e-2], 3e-2) == ('top', None)
   assert further(full[:3], 3e-3) == ('inside', None)
+  # Another searched key at the end of its grid says nothing about the rate.
+  two_keys = {'chosen': {'method.prefix_len': 16, 'optimizer.lr': 3e-3},
+              'search': [{'overrides': {'method.prefix_len': n,
+                                        'optimizer.lr': lr}}
+                         for n in (4, 16) for lr in full[:3]]}
+  assert grid_edge.further_out(two_keys, full) == ('inside', None)
 
 
 def test_mean_std_is_the_sample_std():
