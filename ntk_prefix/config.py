@@ -155,6 +155,10 @@ def from_argv(argv: list) -> tuple:
 
 def validate(config) -> None:
   """Errors that need no compute: method name, options, mesh shape."""
+  dtype = config.model.dtype
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"model.dtype={dtype!r} is not supported; use 'float32' "
+                     "or 'bfloat16' (the frozen weights' compute type).")
   name = config.method.name
   if name not in methods.REGISTRY:
     raise methods.MethodError(

@@ -11,21 +11,20 @@ import os
 import jax
 import numpy as np
 
-from ntk_prefix import methods
+from ntk_prefix import atomic, methods
 from ntk_prefix.checkpoints.names import flatten, unflatten
 
 
 def save(directory: str, method, method_params, model_path: str = '') -> None:
   from safetensors.numpy import save_file
-  os.makedirs(directory, exist_ok=True)
   flat = {k: np.asarray(jax.device_get(v), np.float32)
           for k, v in flatten(method_params).items()}
-  save_file(flat, os.path.join(directory, 'method_state.safetensors'))
   desc = {'method': method.name, 'options': dataclasses.asdict(method.opts),
           'base_model': model_path or method.model.name,
           'dimensions': method.model.dimensions()}
-  with open(os.path.join(directory, 'method.json'), 'w') as f:
-    json.dump(desc, f, indent=2)
+  with atomic.replace_dir(directory) as tmp:  # never half old, half new
+    save_file(flat, os.path.join(tmp, 'method_state.safetensors'))
+    atomic.write_json(os.path.join(tmp, 'method.json'), desc)
 
 
 def load(directory: str, model_cfg, frozen_params=None):

@@ -5,17 +5,25 @@ import shlex
 import subprocess
 
 
+# Untracked files here change what a command runs, so they mark a stamp too.
+SOURCE_DIRS = ('ntk_prefix', 'configs', 'experiments', 'benchmarks')
+
+
 def git_commit(exclude: tuple = ()) -> str:
-  """The short commit, with '+changes' when tracked files differ from it
-  (paths in `exclude`, such as the results being written, do not count)."""
+  """The short commit, with '+changes' when a tracked file differs from it
+  or an untracked file exists under SOURCE_DIRS (paths in `exclude`, such
+  as the results being written, do not count)."""
   try:
-    commit = subprocess.check_output(['git', 'rev-parse', '--short', 'HEAD'],
-                                     text=True,
-                                     stderr=subprocess.DEVNULL).strip()
-    dirty = subprocess.run(
-        ['git', 'diff', '--quiet', 'HEAD', '--', '.'] +
-        [f':!{p}' for p in exclude], check=False).returncode
-    return commit + ('+changes' if dirty else '')
+    git = lambda *a: subprocess.check_output(['git', *a], text=True,
+                                             stderr=subprocess.DEVNULL)
+    commit = git('rev-parse', '--short', 'HEAD').strip()
+    root = git('rev-parse', '--show-toplevel').strip()
+    skip = [f':!{p}' for p in exclude]
+    changed = git('-C', root, 'diff', '--name-only', 'HEAD', '--', '.', *skip)
+    untracked = git('-C', root, 'ls-files', '--others', '--exclude-standard',
+                    '--', *SOURCE_DIRS, *skip)
+    return commit + ('+changes' if changed.strip() or untracked.strip()
+                     else '')
   except Exception:  # not a git checkout
     return 'unknown'
 

@@ -52,8 +52,8 @@ def frozen_shardings(params, rules, mesh):
   return unflatten(out)
 
 
-def check_batch(batch_size: int, mesh) -> None:
+def check_batch(batch_size: int, mesh, field: str = 'batch_size') -> None:
   data = mesh.shape.get('data', 1)
   if batch_size % data:
-    raise ValueError(f'batch_size={batch_size} is not divisible by the mesh '
+    raise ValueError(f'{field}={batch_size} is not divisible by the mesh '
                      f'data axis ({data} devices). Use a multiple of {data}.')

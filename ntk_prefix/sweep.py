@@ -13,7 +13,8 @@ import os
 import sys
 import time
 
-from ntk_prefix import config as config_lib, provenance
+from ntk_prefix import atomic, config as config_lib, provenance
+from ntk_prefix import workdir as workdir_lib
 
 
 def point_name(overrides: dict) -> str:
@@ -41,37 +42,23 @@ def run_point(config, workdir: str) -> dict:
       metrics = json.load(f)
     metrics['wall_seconds'] = round(time.time() - t0, 1)
     metrics['device'] = provenance.device()
-    with open(final, 'w') as f:
-      json.dump(metrics, f, indent=2)
+    atomic.write_json(final, metrics)
   with open(final) as f:
     return json.load(f)
 
 
 def check_same_config(config, workdir: str) -> None:
-  """A folder holds one run: reusing it for another config is an error."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  """A folder holds one run: reusing it for another config is an error
+  (stricter than a resume: a sweep point's total_steps is part of it)."""
+  recorded = workdir_lib.recorded_config(workdir)
+  if recorded is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
-  wanted = json.loads(config.to_json_best_effort())
-  differ = sorted(k for k in set(_flat(saved)) | set(_flat(wanted))
-                  if _flat(saved).get(k) != _flat(wanted).get(k)
-                  and k != 'progress')
+  differ = workdir_lib.differing_keys(recorded, config, ('progress',))
   if differ:
     raise ValueError(
-        f'{workdir} holds a run of another config (differs in {differ[:5]}).'
-        ' Use another --workdir, or delete the folder to rerun it.')
-
-
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
+        f'{workdir} holds a run of another config (differs in '
+        f'{list(differ)[:5]}). Use another --workdir, or delete the folder to '
+        'rerun it.')
 
 
 def search_space(lr_grid: dict, full: bool) -> dict:
@@ -104,7 +91,7 @@ def write_table(rows: list, workdir: str) -> None:
     return
   keys = list(dict.fromkeys(k for r in rows for k in r))
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+  with atomic.open_for_write(os.path.join(workdir, 'results.csv')) as f:
     w = csv.DictWriter(f, keys)
     w.writeheader()
     w.writerows(rows)
@@ -112,8 +99,8 @@ def write_table(rows: list, workdir: str) -> None:
   lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
   lines += ['| ' + ' | '.join(fmt(r.get(k, '')) for k in keys) + ' |'
             for r in rows]
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  atomic.write_text(os.path.join(workdir, 'results.md'),
+                    '\n'.join(lines) + '\n')
 
 
 def main(argv=None):

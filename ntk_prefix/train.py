@@ -4,11 +4,13 @@ config -> mesh -> frozen model -> method state -> jitted sharded step over
 the method state alone -> metrics.jsonl, TensorBoard, orbax checkpoints.
 Running the same command on the same DIR resumes from the last checkpoint;
 the batch of step s depends only on (seed, s), so a resumed run equals an
-uninterrupted one.
+uninterrupted one. A DIR that holds a run of another config, or a live run,
+is refused before any compute (see workdir.py).
 """
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -19,8 +21,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ntk_prefix import checkpoints, config as config_lib, export, methods
-from ntk_prefix import models, sharding
+from ntk_prefix import atomic, checkpoints, config as config_lib, export
+from ntk_prefix import methods, models, sharding, workdir as workdir_lib
 from ntk_prefix.checkpoints.paths import resolve
 from ntk_prefix.data import builders, pipeline
 
@@ -45,6 +47,7 @@ def build(config) -> Setup:
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.batch_size, mesh)
+  sharding.check_batch(config.eval_batch_size, mesh, 'eval_batch_size')
   kind = builders.task_kind(config.task.name)
   path = resolve(config.model.path)
   model_cfg, frozen, _ = checkpoints.load(path)
@@ -54,6 +57,7 @@ def build(config) -> Setup:
   if kind == 'generation' and not model_cfg.is_decoder:
     raise ValueError(f'task {config.task.name!r} generates text; '
                      f'model.path={config.model.path!r} is an encoder.')
+  best_metric_direction(config.best_metric, kind)
   method = methods.from_config(config.method, model_cfg)
   tokenizer = None if model_cfg.is_vision else checkpoints.load_tokenizer(path)
   if tokenizer is not None and tokenizer.pad_token is None:
@@ -91,7 +95,34 @@ def init_method_params(s: Setup) -> dict:
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+# Leaves that are never decayed, whatever their rank: biases (b1, b2,
+# up_bias, ...) and norm scales. Stacked per-layer biases are 2-d, so rank
+# cannot tell them from matrices; names can.
+_NO_DECAY = re.compile(r'(.*_)?bias|b\d+|scale')
+
+
+def decay_mask(params, no_decay=()):
+  """True for the leaves weight decay applies to: kernels, embeddings and
+  the methods' matrices; never biases, norm scales, or the vector state a
+  method names in `no_decay` (e.g. NTK-Attention's k)."""
+  def decayed(path, _):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    return not (_NO_DECAY.fullmatch(name) or name in no_decay)
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def best_metric_direction(name: str, kind: str) -> bool:
+  """True if a higher `name` is better; an unknown name is an error."""
+  known = (('eval_loss', 'eval_perplexity', 'eval_token_accuracy')
+           if kind == 'generation' else ('eval_loss', 'eval_accuracy'))
+  if name not in known:
+    raise ValueError(
+        f'best_metric={name!r} is not a metric of a {kind} task; use one of '
+        f'{list(known)} (the best state by it is exported to best/).')
+  return not name.endswith(('loss', 'perplexity'))
+
+
+def make_optimizer(config, no_decay=()) -> optax.GradientTransformation:
   o = config.optimizer
   warmup = min(o.warmup_steps, max(config.total_steps - 1, 0))
   if o.schedule == 'cosine':
@@ -108,12 +139,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
   else:
     raise ValueError(f"optimizer.schedule={o.schedule!r}; expected 'cosine', "
                      "'linear' or 'constant'.")
-  # Weight decay only on matrices: never biases, norms, 1-d state.
-  decay_mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
   opt = optax.chain(
       optax.clip_by_global_norm(o.clip_norm),
       optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                  mask=decay_mask))
+                  mask=lambda p: decay_mask(p, no_decay)))
   if o.accumulate_steps > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=o.accumulate_steps)
   return opt, schedule
@@ -216,76 +245,47 @@ def run_eval(s: Setup, evaluate, method_params, frozen_params,
   return metrics
 
 
-class MetricsLog:
-  """metrics.jsonl (truncated to the resumed step) plus TensorBoard."""
+def train_and_evaluate(config, workdir: str,
+                       allow_config_change: bool = False) -> dict:
+  """Trains (resuming if DIR has checkpoints); returns the final metrics.
 
-  def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l)['step'] <= resume_step]
-    with open(self.path, 'w') as f:
-      f.writelines(kept)
-    try:
-      from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-    except ImportError:  # optional
-      self.tb = None
-
-  def write(self, step: int, metrics: dict) -> None:
-    row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
-    if self.tb is not None:
-      for k, v in metrics.items():
-        self.tb.add_scalar(k, float(v), step)
-      self.tb.flush()
+  Refused before any compute when DIR holds a run of another config (unless
+  `allow_config_change`) or a live run.
+  """
+  with workdir_lib.lock(workdir):
+    workdir_lib.check_config(workdir, config, allow_config_change)
+    return _train(config, workdir)
 
 
-def _checkpoint_manager(workdir: str, config):
+def _check_finite(out: dict, step: int, manager, workdir: str) -> float:
+  """The step's loss; stops before a non-finite state is saved anywhere."""
+  loss, norm = float(out['train_loss']), float(out['grad_norm'])
+  if np.isfinite(loss) and np.isfinite(norm):
+    return loss
+  manager.wait_until_finished()
+  raise FloatingPointError(
+      f'train_loss={loss}, grad_norm={norm} at step {step}; stopping before '
+      f'this state is saved. The last good checkpoint (step '
+      f'{manager.latest_step()}) is kept in {workdir}/checkpoints. Lower '
+      'optimizer.lr or raise optimizer.warmup_steps.')
+
+
+def _train(config, workdir: str) -> dict:
   import orbax.checkpoint as ocp
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.max_to_keep,
-      enable_async_checkpointing=config.async_checkpoints)
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options)
-
-
-def restore_latest(manager, abstract_state):
-  """The newest readable checkpoint; a corrupt newest falls back to older."""
-  import orbax.checkpoint as ocp
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      state = manager.restore(step, args=ocp.args.StandardRestore(
-          abstract_state))
-      return step, state
-    except Exception as e:  # truncated or corrupt: try the previous one
-      print(f'checkpoint {step} is unreadable ({type(e).__name__}: '
-            f'{str(e)[:200]}); trying an earlier one', file=sys.stderr)
-  return None, None
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming if DIR has checkpoints); returns the final metrics."""
-  import orbax.checkpoint as ocp
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
   s = build(config)
   frozen, frozen_sharding = place_frozen(s)
-  opt, schedule = make_optimizer(config)
+  opt, schedule = make_optimizer(config, s.method.no_decay)
   replicated = NamedSharding(s.mesh, P())
   method_params = jax.device_put(init_method_params(s), replicated)
   opt_state = jax.device_put(opt.init(method_params), replicated)
   rng = jax.random.PRNGKey(config.seed)
   train_step, evaluate = make_steps(s, opt, frozen_sharding)
 
-  manager = _checkpoint_manager(workdir, config)
+  manager = workdir_lib.checkpoint_manager(workdir, config)
   state = {'method_params': method_params, 'opt_state': opt_state,
            'step': 0, 'rng': jax.random.key_data(rng)}
-  start, restored = restore_latest(manager, jax.tree.map(
-      ocp.utils.to_shape_dtype_struct, state))
+  start, restored = workdir_lib.restore_latest(manager, jax.tree.map(
+      ocp.utils.to_shape_dtype_struct, state), workdir)
   if restored is not None:
     method_params = jax.device_put(restored['method_params'], replicated)
     opt_state = jax.device_put(restored['opt_state'], replicated)
@@ -294,7 +294,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f'resumed from step {start} in {workdir}', file=sys.stderr)
   else:
     start = 0
-  log = MetricsLog(workdir, start)
+  workdir_lib.record_config(workdir, config)  # once the checkpoint fits
+  log = workdir_lib.MetricsLog(workdir, start)
 
   n_trainable = methods.count_params(method_params)
   print(f'{s.method.name} on {s.model_cfg.family} ({config.model.path}): '
@@ -308,7 +309,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         {'method_params': params, 'opt_state': opt_state, 'step': step,
          'rng': jax.random.key_data(rng)}))
 
-  best = -np.inf
+  # The best score so far, from the log kept up to the resumed step (the
+  # replayed steps recompute the same evaluations, so best/ stays right).
+  higher = best_metric_direction(config.best_metric, s.kind)
+  sign = 1.0 if higher else -1.0
+  best = max((sign * r[config.best_metric] for r in log.rows
+              if config.best_metric in r), default=-np.inf)
   metrics = {}
   from tqdm import tqdm
   bar = tqdm(total=config.total_steps, initial=start, disable=not
@@ -319,16 +325,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  config.seed)
     method_params, opt_state, out = train_step(
         method_params, opt_state, frozen, batch, jax.random.fold_in(rng, step))
-    loss = float(out['train_loss'])
-    if not np.isfinite(loss):
-      manager.wait_until_finished()
-      last = manager.latest_step()
-      raise FloatingPointError(
-          f'train_loss is {loss} at step {step + 1}; stopping. The last good '
-          f'checkpoint (step {last}) is kept in {workdir}/checkpoints. Lower '
-          'optimizer.lr or raise optimizer.warmup_steps.')
-    interval_losses.append(loss)
     done = step + 1
+    interval_losses.append(_check_finite(out, done, manager, workdir))
     bar.update(1)
     if done % config.log_every == 0 or done == config.total_steps:
       examples = len(interval_losses) * config.batch_size
@@ -347,9 +345,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       log.write(done, metrics)
       bar.write(f'step {done}: ' + ', '.join(f'{k}={v:.4f}'
                                              for k, v in metrics.items()))
-      value = metrics.get(config.best_metric)
-      if value is not None and value > best:
-        best = value
+      if sign * metrics[config.best_metric] > best:
+        best = sign * metrics[config.best_metric]
         export.save(os.path.join(workdir, 'best'), s.method,
                     method_params, config.model.path)
     if done % config.checkpoint_every == 0 or done == config.total_steps:
@@ -366,9 +363,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    if k.startswith('test_')})
   export.save(os.path.join(workdir, 'final'), s.method, method_params,
               config.model.path)
-  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-    json.dump({'step': config.total_steps, **metrics,
-               'trainable_params': n_trainable}, f, indent=2)
+  atomic.write_json(os.path.join(workdir, 'final_metrics.json'),
+                    {'step': config.total_steps, **metrics,
+                     'trainable_params': n_trainable})
   return metrics
 
 
@@ -380,12 +377,17 @@ def main(argv=None):
   if workdir is None:
     raise SystemExit('--workdir=DIR is required (it is where the run lives and '
                      'resumes from).')
-  unknown = [a for a in rest if not a.startswith('--workdir=')]
+  allow = '--allow_config_change' in rest
+  unknown = [a for a in rest if not a.startswith('--workdir=')
+             and a != '--allow_config_change']
   if unknown:
     raise SystemExit(f'unknown arguments: {unknown}')
   if os.environ.get('NTK_PREFIX_MULTIHOST'):  # before any JAX computation
     jax.distributed.initialize()
-  metrics = train_and_evaluate(config, workdir)
+  try:
+    metrics = train_and_evaluate(config, workdir, allow)
+  except workdir_lib.WorkdirError as e:
+    raise SystemExit(f'error: {e}') from None
   print(json.dumps(metrics))
 
 

@@ -45,7 +45,12 @@ def read(path: str):
   import gguf
   if not os.path.exists(path):
     raise FileNotFoundError(f'GGUF file {path!r} does not exist.')
-  return gguf.GGUFReader(path)
+  try:
+    return gguf.GGUFReader(path)
+  except Exception as e:  # the reader's own error names no file
+    raise ValueError(f'{path} cannot be read as GGUF ({type(e).__name__}: '
+                     f'{e}); it is truncated or corrupt. Copy it again from '
+                     'its source.') from None
 
 
 def config_from_gguf(reader, path: str) -> ModelConfig:

@@ -99,7 +99,13 @@ def read_tensors(path: str) -> tuple:
          for f in json.load(open(index))['weight_map'].values()})
     tensors = {}
     for f in files:
-      tensors.update(load_file(f))
+      try:
+        tensors.update(load_file(f))
+      except Exception as e:  # safetensors' own error names no file
+        raise CheckpointError(
+            f'{f} cannot be read as safetensors ({type(e).__name__}: {e}); '
+            'it is truncated or corrupt. Copy it again from its source.'
+        ) from None
     return tensors, files[0] if len(files) == 1 else index
   if os.path.exists(binary):
     try:

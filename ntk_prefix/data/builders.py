@@ -72,14 +72,40 @@ def _rows(task: TaskFiles, path: str, split: str):
                      'text': '', 'text_b': '', 'target': ''}
     return
   with open(path, encoding='utf-8') as f:
-    if task.reader == 'tsv':
-      rows = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
-    elif task.reader == 'csv':
-      rows = csv.DictReader(f)
-    else:
-      rows = (json.loads(line) for line in f if line.strip())
+    if task.reader == 'jsonl':
+      for i, (line_no, row) in enumerate(_jsonl(f, path)):
+        yield i, _checked_example(task, row, path, line_no)
+      return
+    rows = (csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
+            if task.reader == 'tsv' else csv.DictReader(f))
     for i, row in enumerate(rows):
-      yield i, _example(task, row)
+      yield i, _checked_example(task, row, path, rows.line_num)
+
+
+class DataError(ValueError):
+  """A malformed row in a task's original files."""
+
+
+def _jsonl(f, path: str):
+  for n, line in enumerate(f, 1):
+    if line.strip():
+      try:
+        yield n, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f'{path}, line {n}: not valid JSON ({e.msg} at '
+                        f'column {e.colno}). Fix or remove the row.') from None
+
+
+def _checked_example(task: TaskFiles, row, path: str, line_no: int) -> dict:
+  """_example, with errors naming the file and line of the bad row."""
+  try:
+    if not isinstance(row, dict) or None in row or None in row.values():
+      raise ValueError('its fields do not match the header (a missing or '
+                       'extra tab or comma?)')
+    return _example(task, row)
+  except (ValueError, KeyError, TypeError) as e:
+    raise DataError(f'{path}, line {line_no}: {e}. Fix or remove the row.'
+                    ) from None
 
 
 def _example(task: TaskFiles, row: dict) -> dict:
@@ -101,7 +127,7 @@ def _example(task: TaskFiles, row: dict) -> dict:
   elif 'mr' in row:  # E2E
     ex['text'], ex['target'] = row['mr'], row['ref']
   else:
-    raise ValueError(f'Unrecognised row with fields {sorted(row)}.')
+    raise ValueError(f'unrecognised row with fields {sorted(row)}')
   return ex
 
 
@@ -112,6 +138,7 @@ def make_builder_class(name: str, task: TaskFiles):
   class Builder(tfds.core.GeneratorBasedBuilder):
     name = f'ntk_prefix_{task_name}'
     _download_config_manual_dir = None  # set by load_split
+    _allow_download = False  # set by load_split: task.download
     VERSION = tfds.core.Version('1.0.0')
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         f'Place the original files {sorted(task.splits.values())} in '
@@ -134,7 +161,7 @@ def make_builder_class(name: str, task: TaskFiles):
           manual = self._manual_dir_or_none()
           path = os.path.join(manual or '', task.subdir, filename)
           if manual is None or not os.path.exists(path):
-            if task.url is None:
+            if task.url is None or not self._allow_download:
               raise FileNotFoundError(
                   f'{name}: {path} is missing. ' + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
             extracted = dl_manager.download_and_extract(task.url)
@@ -203,21 +230,27 @@ def load_split(task_name: str, split: str, manual_dir: str,
     raise ValueError(f'{task_name} has no split {split!r}; it has '
                      f'{sorted(task.splits)} (tfds slices of them, e.g. '
                      f"'train[:-200]', are allowed).")
-  if task.reader != 'sklearn_digits':
-    path = os.path.join(manual_dir, task.subdir, task.splits[base])
-    if not os.path.exists(path) and not (download and task.url):
+  builder = BUILDERS[task_name](data_dir=data_dir,
+                                file_format='array_record')
+  if task.reader != 'sklearn_digits' and not builder.is_prepared():
+    # Preparing reads every split's file; without download, all must be here.
+    where = os.path.join(manual_dir, task.subdir)
+    missing = [f for f in task.splits.values()
+               if not os.path.exists(os.path.join(where, f))]
+    if missing and not (download and task.url):
       online = (f' or set task.download=True to fetch {task.url}'
                 if task.url else '')
       raise FileNotFoundError(
-          f'{task_name}: missing data file {path}. Set task.data_dir to the '
-          f'folder holding {task.subdir}/ (this workplace: ../shared/data)'
-          f'{online}.')
+          f'{task_name}: missing data file(s) {missing} in {where} (looked '
+          f'for {sorted(task.splits.values())}; preparing the task reads all '
+          f'of them). Set task.data_dir to the folder holding {task.subdir}/ '
+          f'(this workplace: ../shared/data){online}. Nothing was '
+          'downloaded.')
     if not os.path.isdir(manual_dir):
       manual_dir = None  # downloading: tfds needs no manual dir
-  builder = BUILDERS[task_name](data_dir=data_dir,
-                                file_format='array_record')
   Builder = BUILDERS[task_name]
   Builder._download_config_manual_dir = manual_dir
+  Builder._allow_download = bool(download)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))
   source = builder.as_data_source(split)

@@ -52,6 +52,9 @@ class Method(Adapter):
   opts: Any
   name: ClassVar[str] = ''
   Options: ClassVar[type] = None
+  # Names of state leaves that are vectors (per layer or head), which weight
+  # decay must not shrink; biases and norm scales are never decayed anyway.
+  no_decay: ClassVar[tuple] = ()
 
   def __post_init__(self):
     self.validate()

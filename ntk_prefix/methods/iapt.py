@@ -44,6 +44,9 @@ def rational(x, num, den):
 class Iapt(base.Method):
   name = 'iapt'
   Options = Options
+  # The pooling query is a vector per layer; num/den are the rational
+  # activation's coefficients (decay would pull it off the identity).
+  no_decay = ('pool_query', 'num', 'den')
 
   def validate(self):
     o, m = self.opts, self.model

@@ -38,6 +38,7 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class NtkAttention(base.Method):
   name = 'ntk_attention'
+  no_decay = ('k',)  # one vector per head: the prefix's summed key features
   Options = Options
 
   def validate(self):

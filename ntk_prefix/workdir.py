@@ -1,0 +1,243 @@
+"""A run's folder: its recorded config, its lock, its metrics log, its
+checkpoints. Nothing a run wrote is lost or silently replaced.
+
+- config.json records the config; a rerun with another config stops before
+  any compute (the fields in RESUMABLE may change: they do not change what
+  the resumed steps compute, or, like total_steps, they extend the run).
+- .lock is held (flock) while a run is live; the kernel drops it when the
+  process dies, so a killed run never leaves a stale lock.
+- metrics.jsonl is cut back to the resumed step; a torn last line from a
+  kill is skipped with a warning.
+- A checkpoint whose shapes do not fit the state is an error; only an
+  unreadable (corrupt) one falls back to an older one.
+"""
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+from typing import Optional
+
+from ntk_prefix import atomic
+
+# Config fields a resumed run may change. total_steps extends (or shortens)
+# the run, and with it the learning-rate schedule of the steps still to run.
+RESUMABLE = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every',
+             'max_to_keep', 'async_checkpoints', 'progress', 'eval_batch_size',
+             'task.data_dir', 'task.prepared_dir', 'model.remat', 'mesh.',
+             'sharding.')
+
+
+class WorkdirError(RuntimeError):
+  """A workdir that holds another run, or one that is in use."""
+
+
+def flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_dict(config) -> dict:
+  """The config as JSON sees it (tuples as lists), flattened."""
+  return flat(json.loads(config.to_json_best_effort()))
+
+
+def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
+  """{key: (recorded, now)} for the keys that differ and may not."""
+  now = config_dict(config)
+  rec = flat(recorded)
+  return {k: (rec.get(k, '<absent>'), now.get(k, '<absent>'))
+          for k in sorted(set(rec) | set(now))
+          if rec.get(k) != now.get(k)
+          and not any(k == r or (r.endswith('.') and k.startswith(r))
+                      for r in resumable)}
+
+
+def recorded_config(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise WorkdirError(f'{path} is not valid JSON ({e}); it records the run '
+                       'in this folder. Restore it, or use another --workdir.'
+                       ) from None
+
+
+def has_history(workdir: str) -> bool:
+  """Whether a run here has logged or checkpointed anything."""
+  ckpts = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+    return True
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+def check_config(workdir: str, config, allow_change: bool = False,
+                 resumable=RESUMABLE) -> None:
+  """Stops a rerun whose config differs from the one recorded in workdir."""
+  recorded = recorded_config(workdir)
+  if recorded is None or not has_history(workdir):
+    return
+  differ = differing_keys(recorded, config, resumable)
+  if differ and not allow_change:
+    shown = '; '.join(f'{k}: {a!r} recorded, {b!r} now'
+                      for k, (a, b) in list(differ.items())[:8])
+    more = f' (and {len(differ) - 8} more)' if len(differ) > 8 else ''
+    raise WorkdirError(
+        f'{workdir} holds a run of another config: {shown}{more}. Either '
+        'use a new --workdir for this config, or resume this run with its '
+        'recorded config; to continue it under the new values on purpose, '
+        'pass --allow_config_change (the checkpoint must still fit).')
+
+
+def record_config(workdir: str, config) -> None:
+  atomic.write_text(os.path.join(workdir, 'config.json'),
+                    config.to_json_best_effort(indent=2))
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds workdir/.lock for the block; a second live run is refused."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, '.lock')
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
+      raise WorkdirError(
+          f'{workdir} is in use by another live run ({holder or "unknown"}).'
+          ' Wait for it to finish, or use another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the flock
+
+
+class MetricsLog:
+  """metrics.jsonl (cut back to the resumed step) plus TensorBoard."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.rows = [r for r in read_metrics(self.path)
+                 if r['step'] <= resume_step]
+    atomic.write_text(self.path, ''.join(json.dumps(r) + '\n'
+                                         for r in self.rows))
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    except ImportError:  # optional
+      self.tb = None
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    self.rows.append(row)
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+      f.flush()
+    if self.tb is not None:
+      for k, v in metrics.items():
+        self.tb.add_scalar(k, float(v), step)
+      self.tb.flush()
+
+
+def read_metrics(path: str) -> list:
+  """The rows of a metrics.jsonl; a torn line (a kill mid-write) is skipped
+  with a warning."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        int(row['step'])
+      except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        print(f'{path}, line {n}: skipping a torn or malformed row '
+              f'({line.strip()[:80]!r})', file=sys.stderr)
+        continue
+      rows.append(row)
+  return rows
+
+
+def checkpoint_manager(workdir: str, config):
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.max_to_keep,
+      enable_async_checkpointing=config.async_checkpoints)
+  # The handler up front, so item_metadata reads shapes before any restore.
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options,
+      item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _shape_mismatch(manager, step: int, abstract_state) -> Optional[str]:
+  """A description of the entries whose saved shape differs from the
+  state's, or None (also None when the metadata cannot be read)."""
+  try:
+    meta = manager.item_metadata(step)
+  except Exception:  # unreadable metadata: corruption, handled by restore
+    return None
+  meta = getattr(meta, 'tree', meta)
+  if not isinstance(meta, dict) or 'method_params' not in meta:
+    return None
+  # The method state decides fit; the optimizer state mirrors it (and orbax
+  # spells its named tuples differently).
+  saved = flat_shapes(meta['method_params'])
+  wanted = flat_shapes(abstract_state['method_params'])
+  if not saved:
+    return None
+  differ = [f'{k}: saved {saved.get(k, "absent")}, now '
+            f'{wanted.get(k, "absent")}'
+            for k in sorted(set(saved) | set(wanted))
+            if saved.get(k) != wanted.get(k)]
+  return '; '.join(differ[:6]) if differ else None
+
+
+def flat_shapes(tree) -> dict:
+  import jax
+  out = {}
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, 'shape'))[0]
+  for path, leaf in leaves:
+    key = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
+    shape = getattr(leaf, 'shape', None)
+    out[key] = None if shape is None else tuple(shape)
+  return out
+
+
+def restore_latest(manager, abstract_state, workdir: str):
+  """(step, state) of the newest readable checkpoint, or (None, None).
+
+  A checkpoint whose shapes do not fit `abstract_state` is an error (a run
+  of another config); an unreadable one falls back to an older one.
+  """
+  import orbax.checkpoint as ocp
+  for step in sorted(manager.all_steps(), reverse=True):
+    mismatch = _shape_mismatch(manager, step, abstract_state)
+    if mismatch:
+      raise WorkdirError(
+          f'{workdir}/checkpoints/{step} does not fit this run\'s state '
+          f'({mismatch}). It was written by a run of another method or '
+          'model: use a new --workdir.')
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(
+          abstract_state))
+      return step, state
+    except Exception as e:  # truncated or corrupt: try the previous one
+      print(f'checkpoint {step} is unreadable ({type(e).__name__}: '
+            f'{str(e)[:200]}); trying an earlier one', file=sys.stderr)
+  return None, None
