@@ -7,6 +7,8 @@ import pytest
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 TINY = {
     'bert': dict(vocab_size=97, hidden_size=32, num_hidden_layers=2,
                  num_attention_heads=4, intermediate_size=64,
@@ -78,3 +80,62 @@ def text_batch(vocab, batch=3, length=9, seed=0, pad_right=True):
     else:
       mask[i, :length - n] = 0
   return ids, mask
+
+
+@pytest.fixture(scope='session')
+def tiny_encoder(tmp_path_factory):
+  """A tiny random BERT that uses the real MiniLM word-piece tokenizer."""
+  import transformers
+  from ntk_prefix.checkpoints import paths
+  model = make_hf_model('bert', vocab_size=30522, num_labels=3)
+  path = tmp_path_factory.mktemp('tiny_bert')
+  model.save_pretrained(str(path))
+  tok = transformers.AutoTokenizer.from_pretrained(
+      paths.default_encoder_path())
+  tok.save_pretrained(str(path))
+  return str(path)
+
+
+@pytest.fixture(scope='session')
+def prepared_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_config(model_path, prepared, **overrides):
+  from ntk_prefix import config as config_lib
+  c = config_lib.get_config(os.path.join(REPO, 'configs/default.py:runlocal'))
+  c.model.path = model_path
+  c.task.name = 'cb'
+  c.task.prepared_dir = prepared
+  c.task.train_limit = 64
+  c.task.eval_limit = 32
+  c.task.max_length = 48
+  c.batch_size = 8
+  c.total_steps = 12
+  c.eval_every = 6
+  c.checkpoint_every = 4
+  c.log_every = 1
+  c.progress = False
+  c.mesh.data = 1
+  for k, v in overrides.items():
+    config_lib.override(c, k, v)
+  return c
+
+
+
+
+def train_command(c, workdir, *extra):
+  """`python -m ntk_prefix.train` for the tiny config `c` (its overrides of
+  the runlocal config spelt out)."""
+  import sys
+  cmd = [sys.executable, '-m', 'ntk_prefix.train',
+         f'--config={REPO}/configs/default.py:runlocal', f'--workdir={workdir}']
+  for key in ('model.path', 'task.name', 'task.prepared_dir',
+              'task.train_limit', 'task.eval_limit', 'task.max_length',
+              'batch_size', 'total_steps', 'eval_every', 'checkpoint_every',
+              'log_every', 'progress', 'mesh.data', 'method.name'):
+    node = c
+    for part in key.split('.'):
+      node = node[part]
+    cmd.append(f'--config.{key}={node}')
+  return cmd + list(extra)

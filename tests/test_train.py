@@ -2,57 +2,15 @@
 NaN stops, corrupt checkpoints fall back, sweeps tabulate, errors are clear."""
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from conftest import REPO, tiny_config, train_command
 from ntk_prefix import checkpoints, config as config_lib, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def tiny_encoder(tmp_path_factory):
-  """A tiny random BERT that uses the real MiniLM word-piece tokenizer."""
-  import transformers
-  from conftest import make_hf_model
-  model = make_hf_model('bert', vocab_size=30522, num_labels=3)
-  path = tmp_path_factory.mktemp('tiny_bert')
-  model.save_pretrained(str(path))
-  tok = transformers.AutoTokenizer.from_pretrained(
-      checkpoints.default_encoder_path())
-  tok.save_pretrained(str(path))
-  return str(path)
-
-
-@pytest.fixture(scope='module')
-def prepared_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
-def tiny_config(model_path, prepared, **overrides):
-  c = config_lib.get_config(os.path.join(REPO, 'configs/default.py:runlocal'))
-  c.model.path = model_path
-  c.task.name = 'cb'
-  c.task.prepared_dir = prepared
-  c.task.train_limit = 64
-  c.task.eval_limit = 32
-  c.task.max_length = 48
-  c.batch_size = 8
-  c.total_steps = 12
-  c.eval_every = 6
-  c.checkpoint_every = 4
-  c.log_every = 1
-  c.progress = False
-  c.mesh.data = 1
-  for k, v in overrides.items():
-    config_lib.override(c, k, v)
-  return c
 
 
 def read_metrics(workdir):
@@ -105,18 +63,8 @@ def test_kill_and_resume_equals_uninterrupted(tiny_encoder, prepared_dir,
   train.train_and_evaluate(straight, str(tmp_path / 'straight'))
 
   workdir = str(tmp_path / 'killed')
-  cmd = [sys.executable, '-m', 'ntk_prefix.train',
-         f'--config={REPO}/configs/default.py:runlocal',
-         f'--workdir={workdir}']
-  c = tiny_config(tiny_encoder, prepared_dir, **overrides)
-  for key in ('model.path', 'task.name', 'task.prepared_dir',
-              'task.train_limit', 'task.eval_limit', 'task.max_length',
-              'batch_size', 'total_steps', 'eval_every', 'checkpoint_every',
-              'log_every', 'progress', 'mesh.data'):
-    node = c
-    for part in key.split('.'):
-      node = node[part]
-    cmd.append(f'--config.{key}={node}')
+  cmd = train_command(tiny_config(tiny_encoder, prepared_dir, **overrides),
+                      workdir)
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -154,6 +102,13 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_encoder,
     train.train_and_evaluate(c, str(tmp_path))
   steps = [int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()]
   assert steps  # the good steps before the NaN were kept
+  from ntk_prefix import workdir as workdir_lib
+  manager = workdir_lib.checkpoint_manager(str(tmp_path), c)
+  for step in steps:  # and none of them holds a non-finite number
+    state = manager.restore(step)
+    assert all(np.all(np.isfinite(x)) for x in
+               __import__('jax').tree.leaves(state['method_params'])), step
+  assert not os.path.exists(tmp_path / 'final_metrics.json')
 
 
 def test_corrupt_latest_checkpoint_falls_back(tiny_encoder, prepared_dir,

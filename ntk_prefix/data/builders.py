@@ -108,6 +108,12 @@ def _checked_example(task: TaskFiles, row, path: str, line_no: int) -> dict:
                     ) from None
 
 
+def _label(task: TaskFiles, label: str) -> int:
+  if label not in task.labels:
+    raise ValueError(f'label {label!r} is not one of {list(task.labels)}')
+  return task.labels.index(label)
+
+
 def _example(task: TaskFiles, row: dict) -> dict:
   ex = {'text': '', 'text_b': '', 'target': '', 'label': -1,
         'image': np.zeros((8, 8), np.float32)}
@@ -115,10 +121,10 @@ def _example(task: TaskFiles, row: dict) -> dict:
     ex['text'], ex['label'] = row['sentence'], int(row['label'])
   elif 'sentence1' in row:  # RTE
     ex['text'], ex['text_b'] = row['sentence1'], row['sentence2']
-    ex['label'] = task.labels.index(row['label'])
+    ex['label'] = _label(task, row['label'])
   elif 'premise' in row:  # CB
     ex['text'], ex['text_b'] = row['premise'], row['hypothesis']
-    ex['label'] = task.labels.index(row['label'])
+    ex['label'] = _label(task, row['label'])
   elif 'passage' in row:  # BoolQ
     ex['text'], ex['text_b'] = row['question'], row['passage']
     ex['label'] = int(bool(row['label']))
