@@ -101,8 +101,9 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
     assert len(r['search']) == 2 and len(r['runs']) == 2
     held_out = [p['select'] for p in r['search']]
     assert r['chosen'] == r['search'][int(np.argmax(held_out))]['overrides']
-    for run in r['runs']:
-      assert 0.0 <= run['scores']['test_accuracy'] <= 1.0
+    for run in r['runs']:  # a whole number of the 56 CB dev rows
+      correct = run['scores']['test_accuracy'] * 56
+      assert abs(correct - round(correct)) < 1e-6, correct
   # The reported metric is the dev set (56 CB rows), never the held-out rows.
   final = next(work.rglob('final_metrics.json'))
   metrics = json.loads(final.read_text())
@@ -175,7 +176,6 @@ def test_lm_table_command(hf_checkpoint, tmp_path):
   assert records[0]['trainable_params'] == 0
   assert records[1]['trainable_params'] > 0
   for r in records:
-    assert 0.0 <= r['runs'][0]['scores']['bleu'] <= 1.0
     # Wall times are read beside the device that took them.
     assert r['runs'][0]['device'] == 'cpu'
   assert 'Runs ran on: cpu' in (out / 'table.md').read_text()
@@ -185,6 +185,17 @@ def test_lm_table_command(hf_checkpoint, tmp_path):
   # E2E rows are grouped by meaning representation: several references.
   assert all(l['prompt'].startswith('Table: ') for l in lines)
   assert max(len(l['references']) for l in lines) > 1
+  # The stored BLEU is the completions' BLEU, and the scorer gives 1 to a
+  # completion that is one of its references.
+  run = next(r for r in records if r['method'] == 'p_tuning_v2')['runs'][0]
+  folder = next(p for p in work.rglob('completions.jsonl')
+                if 'p_tuning_v2' in str(p))
+  rows = [json.loads(l) for l in folder.read_text().splitlines()]
+  assert lm.score_e2e([l['completion'] for l in rows],
+                      [l['references'] for l in rows]) == {
+                          'bleu': run['scores']['bleu']}
+  refs = [l['references'] for l in rows]
+  assert lm.score_e2e([r[0] for r in refs], refs)['bleu'] == 1.0
 
 
 def test_init_loss_command(hf_checkpoint, tmp_path):
@@ -277,8 +288,11 @@ def test_any_prepared_tfds_image_set_trains_a_vit(hf_checkpoint, tmp_path):
                      'eval_batch_size': 8, 'total_steps': 3}.items():
     config_lib.override(c, key, value)
   metrics = train.train_and_evaluate(c, str(tmp_path / 'run'))
-  assert 0.0 <= metrics['test_accuracy'] <= 1.0
+  correct = metrics['test_accuracy'] * 16  # of the 16 test images
+  assert abs(correct - round(correct)) < 1e-6, correct
   assert np.isfinite(metrics['eval_loss'])
+  assert metrics['eval_loss'] == json.loads(
+      (tmp_path / 'run' / 'final_metrics.json').read_text())['eval_loss']
 
   config_lib.override(c, 'task.name', 'tfds:not_prepared_here')
   with pytest.raises(Exception, match='not_prepared_here'):

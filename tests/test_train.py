@@ -28,7 +28,10 @@ def test_loss_falls_and_outputs_written(tiny_encoder, prepared_dir, tmp_path):
   metrics = train.train_and_evaluate(c, str(tmp_path))
   ls = losses(str(tmp_path))
   assert np.mean(ls[-5:]) < np.mean(ls[:5])
-  assert 0.0 <= metrics['eval_accuracy'] <= 1.0
+  correct = metrics['eval_accuracy'] * 32  # of the 32 eval rows
+  assert abs(correct - round(correct)) < 1e-6, correct
+  last_eval = [r for r in read_metrics(str(tmp_path)) if 'eval_loss' in r][-1]
+  assert last_eval['eval_accuracy'] == metrics['eval_accuracy']
   for name in ('config.json', 'final_metrics.json', 'final/method.json',
                'final/method_state.safetensors', 'best/method.json'):
     assert os.path.exists(tmp_path / name), name
@@ -235,4 +238,6 @@ def test_vision_pipeline_check_on_digits(hf_checkpoint, prepared_dir,
       'task.name': 'digits', 'task.eval_split': 'test',
       'method.name': 'ntk_attention'})
   metrics = train.train_and_evaluate(c, str(tmp_path))
-  assert 0.0 <= metrics['eval_accuracy'] <= 1.0
+  correct = metrics['eval_accuracy'] * 32  # eval_limit rows of the digits
+  assert abs(correct - round(correct)) < 1e-6, correct
+  assert np.isfinite(metrics['eval_loss'])

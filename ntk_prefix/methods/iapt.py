@@ -1,14 +1,17 @@
 """IAPT (Zhu et al. 2024, arXiv 2405.18203): instruction-aware soft prompts.
 
-No official code is public; the choices made here, from the paper's text:
+No official code is public; from the paper's text (section 3.2):
 - In each layer l a generator reads that layer's input hidden states of the
   instruction tokens (`condition_mask`: never the answer, so a decoder cannot
   peek at its targets) and produces `num_tokens` soft tokens.
-- Generator order: self-attention pooling first (a learned query scores the
-  tokens; softmax over real tokens; weighted mean), so the bottleneck runs
-  once per example instead of once per token; then the down-projection
-  (hidden -> bottleneck), the learned rational activation, and the
-  up-projection (bottleneck -> num_tokens * hidden).
+- Generator (the paper's, `generator='paper'`): down-projection of every
+  instruction token (hidden -> bottleneck), self-attention pooling with one
+  learned query per soft token (softmax over the instruction tokens), the
+  learned rational activation, and one up-projection (bottleneck -> hidden)
+  shared by the soft tokens.
+- `generator='pool_first'` (this codebase before 2026-11): one attention pool
+  over the hidden states, then down-projection, activation and an
+  up-projection to num_tokens * hidden. Kept so the two can be compared.
 - Rational activation: P(x) / (1 + |Q(x)|) with P of degree 5 and Q of degree
   4 without constant term ("safe" Pade units, Molina et al. 2020), learned per
   layer and initialised to the identity (P = x, Q = 0).
@@ -31,6 +34,7 @@ class Options:
   bottleneck: int = 32
   init_std: float = 0.02
   dropout: float = 0.0
+  generator: str = 'paper'  # or 'pool_first' (see the module docstring)
 
 
 def rational(x, num, den):
@@ -54,30 +58,46 @@ class Iapt(base.Method):
                  'a positive number of soft tokens')
     base.require(0 < o.bottleneck <= m.hidden_size, self.field('bottleneck'),
                  o.bottleneck, f'1..hidden_size={m.hidden_size}')
+    base.require(o.generator in ('paper', 'pool_first'),
+                 self.field('generator'), o.generator,
+                 "'paper' or 'pool_first'")
 
   def init(self, rng, frozen_params=None, tokenizer=None):
     o, m = self.opts, self.model
     L, d, r, n = m.num_layers, m.hidden_size, o.bottleneck, o.num_tokens
     kq, kd, ku = jax.random.split(rng, 3)
     identity = jnp.zeros((L, 6)).at[:, 1].set(1.0)
-    return {
-        'pool_query': o.init_std * jax.random.normal(kq, (L, d)),
-        'down': jax.random.normal(kd, (L, d, r)) / jnp.sqrt(d),
-        'down_bias': jnp.zeros((L, r)),
-        'num': identity,
-        'den': jnp.zeros((L, 4)),
-        'up': o.init_std * jax.random.normal(ku, (L, r, n * d)),
-        'up_bias': jnp.zeros((L, n * d)),
-    }
+    shared = {'down': jax.random.normal(kd, (L, d, r)) / jnp.sqrt(d),
+              'down_bias': jnp.zeros((L, r)), 'num': identity,
+              'den': jnp.zeros((L, 4))}
+    if o.generator == 'paper':  # one query per soft token, shared up-proj.
+      return {**shared,
+              'pool_query': o.init_std * jax.random.normal(kq, (L, n, r)),
+              'up': o.init_std * jax.random.normal(ku, (L, r, d)),
+              'up_bias': jnp.zeros((L, d))}
+    return {**shared,
+            'pool_query': o.init_std * jax.random.normal(kq, (L, d)),
+            'up': o.init_std * jax.random.normal(ku, (L, r, n * d)),
+            'up_bias': jnp.zeros((L, n * d))}
 
   def layer_hook(self, method_params, layer, hidden, mask, train, rng):
     p = jax.tree.map(lambda a: a[layer], method_params)
     o = self.opts
     h = hidden.astype(jnp.float32)  # [b, t, d]
+    valid = (mask > 0)[:, None, :]  # [b, 1, t]: instruction tokens only
+    if o.generator == 'paper':
+      x = h @ p['down'] + p['down_bias']  # [b, t, r]
+      scores = jnp.einsum('btr,nr->bnt', x, p['pool_query']) / jnp.sqrt(
+          jnp.float32(x.shape[-1]))
+      weights = jax.nn.softmax(jnp.where(valid, scores, -1e30), -1)
+      pooled = jnp.einsum('bnt,btr->bnr', weights, x)  # [b, n, r]
+      pooled = self.dropout(pooled, o.dropout, train, rng)
+      z = rational(pooled, p['num'], p['den'])
+      return LayerHook(prefix_hidden=z @ p['up'] + p['up_bias'])
     scores = jnp.einsum('btd,d->bt', h, p['pool_query']) / jnp.sqrt(
         jnp.float32(h.shape[-1]))
-    scores = jnp.where(mask > 0, scores, -1e30)
-    pooled = jnp.einsum('bt,btd->bd', jax.nn.softmax(scores, -1), h)
+    weights = jax.nn.softmax(jnp.where(valid[:, 0], scores, -1e30), -1)
+    pooled = jnp.einsum('bt,btd->bd', weights, h)
     pooled = self.dropout(pooled, o.dropout, train, rng)
     z = rational(pooled @ p['down'] + p['down_bias'], p['num'], p['den'])
     tokens = (z @ p['up'] + p['up_bias']).reshape(h.shape[0], o.num_tokens,
