@@ -11,14 +11,14 @@ import os
 import jax
 import numpy as np
 
-from ntk_prefix import atomic, methods
+from ntk_prefix import atomic, distributed, methods
 from ntk_prefix.checkpoints.names import flatten, unflatten
 
 
 def save(directory: str, method, method_params, model_path: str = '') -> None:
   from safetensors.numpy import save_file
-  flat = {k: np.asarray(jax.device_get(v), np.float32)
-          for k, v in flatten(method_params).items()}
+  flat = {k: np.asarray(v, np.float32)
+          for k, v in flatten(distributed.fetch(method_params)).items()}
   desc = {'method': method.name, 'options': dataclasses.asdict(method.opts),
           'base_model': model_path or method.model.name,
           'dimensions': method.model.dimensions()}

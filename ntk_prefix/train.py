@@ -21,8 +21,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ntk_prefix import atomic, checkpoints, config as config_lib, export
-from ntk_prefix import methods, models, sharding, workdir as workdir_lib
+from ntk_prefix import atomic, checkpoints, config as config_lib, distributed
+from ntk_prefix import export, methods, models, sharding
+from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.checkpoints.paths import resolve
 from ntk_prefix.data import builders, pipeline
 
@@ -186,9 +187,11 @@ def place_frozen(s: Setup):
   dtype = jnp.bfloat16 if s.config.model.dtype == 'bfloat16' else jnp.float32
   frozen_sharding = sharding.frozen_shardings(
       s.frozen_params, s.config.sharding.frozen_rules, s.mesh)
-  frozen = jax.device_put(
-      jax.tree.map(lambda x: jnp.asarray(x, dtype), s.frozen_params),
-      frozen_sharding)
+  # Each process converts and places only the shards its devices hold.
+  frozen = jax.tree.map(
+      lambda x, sh: jax.make_array_from_callback(
+          np.shape(x), sh, lambda idx: np.asarray(x[idx], dtype)),
+      s.frozen_params, frozen_sharding)
   return frozen, frozen_sharding
 
 
@@ -228,12 +231,21 @@ def make_steps(s: Setup, opt, frozen_sharding):
   return train, make_eval_step(s, frozen_sharding)
 
 
+def batch_sharding(s: Setup):
+  return NamedSharding(s.mesh, P('data'))
+
+
 def run_eval(s: Setup, evaluate, method_params, frozen_params,
              ds=None) -> dict:
+  """Exact sums over the whole split (padding rows weigh 0), whatever the
+  number of processes: each feeds its rows of every batch."""
   total = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
   ds = s.eval_ds if ds is None else ds
-  for batch in pipeline.eval_batches(ds, s.config.eval_batch_size):
-    sums = jax.device_get(evaluate(method_params, frozen_params, batch))
+  n = s.config.eval_batch_size
+  rows = distributed.local_rows(batch_sharding(s), n)
+  for local in pipeline.eval_batches(ds, n, rows):
+    batch = distributed.global_batch(local, batch_sharding(s), n)
+    sums = distributed.fetch(evaluate(method_params, frozen_params, batch))
     for k in total:
       total[k] += float(sums[k])
   n = max(total['count'], 1.0)
@@ -252,14 +264,16 @@ def train_and_evaluate(config, workdir: str,
   Refused before any compute when DIR holds a run of another config (unless
   `allow_config_change`) or a live run.
   """
-  with workdir_lib.lock(workdir):
+  # Process 0 holds the lock for the run; a refused process 0 stops them all.
+  with workdir_lib.lock(workdir, hold=distributed.is_writer()):
     workdir_lib.check_config(workdir, config, allow_config_change)
     return _train(config, workdir)
 
 
 def _check_finite(out: dict, step: int, manager, workdir: str) -> float:
   """The step's loss; stops before a non-finite state is saved anywhere."""
-  loss, norm = float(out['train_loss']), float(out['grad_norm'])
+  host = distributed.fetch({k: out[k] for k in ('train_loss', 'grad_norm')})
+  loss, norm = float(host['train_loss']), float(host['grad_norm'])
   if np.isfinite(loss) and np.isfinite(norm):
     return loss
   manager.wait_until_finished()
@@ -283,7 +297,7 @@ def _train(config, workdir: str) -> dict:
 
   manager = workdir_lib.checkpoint_manager(workdir, config)
   state = {'method_params': method_params, 'opt_state': opt_state,
-           'step': 0, 'rng': jax.random.key_data(rng)}
+           'step': 0, 'rng': np.asarray(jax.random.key_data(rng))}
   start, restored = workdir_lib.restore_latest(manager, jax.tree.map(
       ocp.utils.to_shape_dtype_struct, state), workdir)
   if restored is not None:
@@ -294,8 +308,10 @@ def _train(config, workdir: str) -> dict:
     print(f'resumed from step {start} in {workdir}', file=sys.stderr)
   else:
     start = 0
-  workdir_lib.record_config(workdir, config)  # once the checkpoint fits
-  log = workdir_lib.MetricsLog(workdir, start)
+  writer = distributed.is_writer()
+  if writer:
+    workdir_lib.record_config(workdir, config)  # once the checkpoint fits
+  log = workdir_lib.MetricsLog(workdir, start, writer)
 
   n_trainable = methods.count_params(method_params)
   print(f'{s.method.name} on {s.model_cfg.family} ({config.model.path}): '
@@ -307,7 +323,7 @@ def _train(config, workdir: str) -> dict:
   def save(step, params, opt_state):
     manager.save(step, args=ocp.args.StandardSave(
         {'method_params': params, 'opt_state': opt_state, 'step': step,
-         'rng': jax.random.key_data(rng)}))
+         'rng': np.asarray(jax.random.key_data(rng))}))
 
   # The best score so far, from the log kept up to the resumed step (the
   # replayed steps recompute the same evaluations, so best/ stays right).
@@ -317,12 +333,15 @@ def _train(config, workdir: str) -> dict:
               if config.best_metric in r), default=-np.inf)
   metrics = {}
   from tqdm import tqdm
-  bar = tqdm(total=config.total_steps, initial=start, disable=not
-             config.progress, dynamic_ncols=True, desc=s.method.name)
+  bar = tqdm(total=config.total_steps, initial=start, disable=not (
+      config.progress and writer), dynamic_ncols=True, desc=s.method.name)
   t_last, interval_losses = time.time(), []
+  rows = distributed.local_rows(batch_sharding(s), config.batch_size)
   for step in range(start, config.total_steps):
-    batch = pipeline.train_batch(s.train_ds, step, config.batch_size,
-                                 config.seed)
+    batch = distributed.global_batch(
+        pipeline.train_batch(s.train_ds, step, config.batch_size,
+                             config.seed, rows),
+        batch_sharding(s), config.batch_size)
     method_params, opt_state, out = train_step(
         method_params, opt_state, frozen, batch, jax.random.fold_in(rng, step))
     done = step + 1
@@ -347,8 +366,9 @@ def _train(config, workdir: str) -> dict:
                                              for k, v in metrics.items()))
       if sign * metrics[config.best_metric] > best:
         best = sign * metrics[config.best_metric]
-        export.save(os.path.join(workdir, 'best'), s.method,
-                    method_params, config.model.path)
+        if writer:
+          export.save(os.path.join(workdir, 'best'), s.method,
+                      method_params, config.model.path)
     if done % config.checkpoint_every == 0 or done == config.total_steps:
       save(done, method_params, opt_state)
   bar.close()
@@ -361,11 +381,12 @@ def _train(config, workdir: str) -> dict:
     metrics.update({'test_' + k[len('eval_'):]: v for k, v in test.items()})
     log.write(config.total_steps, {k: v for k, v in metrics.items()
                                    if k.startswith('test_')})
-  export.save(os.path.join(workdir, 'final'), s.method, method_params,
-              config.model.path)
-  atomic.write_json(os.path.join(workdir, 'final_metrics.json'),
-                    {'step': config.total_steps, **metrics,
-                     'trainable_params': n_trainable})
+  if writer:
+    export.save(os.path.join(workdir, 'final'), s.method, method_params,
+                config.model.path)
+    atomic.write_json(os.path.join(workdir, 'final_metrics.json'),
+                      {'step': config.total_steps, **metrics,
+                       'trainable_params': n_trainable})
   return metrics
 
 
@@ -382,8 +403,7 @@ def main(argv=None):
              and a != '--allow_config_change']
   if unknown:
     raise SystemExit(f'unknown arguments: {unknown}')
-  if os.environ.get('NTK_PREFIX_MULTIHOST'):  # before any JAX computation
-    jax.distributed.initialize()
+  distributed.initialize()  # before any JAX computation
   try:
     metrics = train_and_evaluate(config, workdir, allow)
   except workdir_lib.WorkdirError as e:

@@ -105,9 +105,13 @@ def record_config(workdir: str, config) -> None:
 
 
 @contextlib.contextmanager
-def lock(workdir: str):
-  """Holds workdir/.lock for the block; a second live run is refused."""
+def lock(workdir: str, hold: bool = True):
+  """Holds workdir/.lock for the block; a second live run is refused.
+  hold=False (processes other than the writer of a run) only makes DIR."""
   os.makedirs(workdir, exist_ok=True)
+  if not hold:
+    yield
+    return
   path = os.path.join(workdir, '.lock')
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
@@ -128,10 +132,14 @@ def lock(workdir: str):
 class MetricsLog:
   """metrics.jsonl (cut back to the resumed step) plus TensorBoard."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, writer: bool = True):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.writer = writer
     self.rows = [r for r in read_metrics(self.path)
                  if r['step'] <= resume_step]
+    self.tb = None
+    if not writer:  # other processes of a run keep the rows, write nothing
+      return
     atomic.write_text(self.path, ''.join(json.dumps(r) + '\n'
                                          for r in self.rows))
     try:
@@ -143,6 +151,8 @@ class MetricsLog:
   def write(self, step: int, metrics: dict) -> None:
     row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
     self.rows.append(row)
+    if not self.writer:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
       f.flush()

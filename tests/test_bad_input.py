@@ -6,12 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from ntk_prefix import checkpoints
+from ntk_prefix import checkpoints, config as config_lib
 from ntk_prefix.checkpoints.hf import CheckpointError
 from ntk_prefix.data import builders
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'shared', 'data')
+SHARED = config_lib.default_manual_dir()  # the real data files
 
 
 def _copy_head(src, dst, lines):

@@ -180,18 +180,23 @@ def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
   return ds
 
 
-def _trim(ds: Dataset, idx: np.ndarray, buckets: list) -> dict:
-  """Rows idx, cut to the smallest bucket that holds the longest row."""
+def _trim(ds: Dataset, idx: np.ndarray, buckets: list,
+          rows: slice = slice(None)) -> dict:
+  """Rows idx[rows], cut to the smallest bucket that holds the longest row
+  of all of idx (every process of a run cuts its rows to the same width)."""
   longest = int(ds.lengths[idx].max()) if len(idx) else 1
   width = next((b for b in buckets if b >= longest), buckets[-1])
+  idx = idx[rows]
   out = {}
   for k, v in ds.arrays.items():
     out[k] = v[idx][:, :width] if v.ndim == 2 and k != 'labels' else v[idx]
   return out
 
 
-def train_batch(ds: Dataset, step: int, batch_size: int, seed: int) -> dict:
-  """The batch of training step `step` (epochs of seeded permutations)."""
+def train_batch(ds: Dataset, step: int, batch_size: int, seed: int,
+                rows: slice = slice(None)) -> dict:
+  """The batch of training step `step` (epochs of seeded permutations);
+  `rows` of it only, for a process that holds a part of the batch."""
   n = len(ds)
   start = step * batch_size
   idx = []
@@ -200,11 +205,12 @@ def train_batch(ds: Dataset, step: int, batch_size: int, seed: int) -> dict:
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     idx.extend(perm[offset:offset + batch_size - len(idx)])
   width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
-  return _trim(ds, np.asarray(idx), _buckets(width))
+  return _trim(ds, np.asarray(idx), _buckets(width), rows)
 
 
-def eval_batches(ds: Dataset, batch_size: int):
-  """Fixed-order batches; the last is padded with copies weighted 0."""
+def eval_batches(ds: Dataset, batch_size: int, rows: slice = slice(None)):
+  """Fixed-order batches; the last is padded with copies weighted 0.
+  `rows` of each only, for a process that holds a part of the batch."""
   n = len(ds)
   width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
   for start in range(0, n, batch_size):
@@ -213,6 +219,6 @@ def eval_batches(ds: Dataset, batch_size: int):
     if len(idx) < batch_size:
       weights[len(idx):] = 0
       idx = np.concatenate([idx, np.zeros(batch_size - len(idx), int)])
-    batch = _trim(ds, idx, _buckets(width))
-    batch['weights'] = weights
+    batch = _trim(ds, idx, _buckets(width), rows)
+    batch['weights'] = weights[rows]
     yield batch
