@@ -171,3 +171,54 @@ def test_chunked_prefix_memory_does_not_grow_with_m_times_sequence():
   # ... the chunked path grows only with m x head_dim (the gradients).
   growth = temp_bytes(16384, 128) - temp_bytes(8192, 128)
   assert growth < logits_bytes / 8
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_zero_ntk_state_adds_exactly_nothing_at_any_logit_scale(dtype):
+  """Z = k = 0 (the official ViT init) with every logit of a query between
+  -200 and 200: the output is plain attention's, never NaN (0 * exp(-max)
+  overflowed below -88); random state matches the float64 reference."""
+  rng = np.random.RandomState(0)
+  b, t, h, d = 2, 5, 4, 8
+  unit = rng.randn(d)
+  unit /= np.linalg.norm(unit)
+  zero = NtkState(jnp.zeros((h, d, d)), jnp.zeros((h, d)))
+  for logit in (-200, -120, -90, -50, 0, 50, 120, 200):
+    k = np.tile(unit, (b, t, h, 1)) + 0.01 * rng.randn(b, t, h, d)
+    q = logit * np.sqrt(d) * np.tile(unit, (b, t, h, 1)) + 0.01 * rng.randn(
+        b, t, h, d)
+    v = rng.randn(b, t, h, d)
+    q, k, v = (jnp.asarray(a, dtype) for a in (q, k, v))
+    plain = attention.attend(q, k, v, key_mask=None, causal=True)
+    with_zero = attention.attend(q, k, v, key_mask=None, causal=True,
+                                 ntk=zero)
+    assert bool(jnp.all(jnp.isfinite(with_zero.astype(jnp.float32)))), logit
+    np.testing.assert_array_equal(np.asarray(with_zero, np.float32),
+                                  np.asarray(plain, np.float32))
+    z, kk = rng.randn(h, d, d), rng.randn(h, d)
+    got = attention.attend(q, k, v, key_mask=None, causal=True,
+                           ntk=NtkState(jnp.float32(z), jnp.float32(kk)))
+    ref = reference.attention(np.asarray(q, np.float64),
+                              np.asarray(k, np.float64),
+                              np.asarray(v, np.float64), causal=True,
+                              ntk_z=z, ntk_k=kk)
+    tol = 1e-4 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(np.asarray(got, np.float32), ref, atol=tol,
+                               rtol=tol, err_msg=str(logit))
+
+
+def test_zero_ntk_state_still_gets_its_gradient():
+  """The zero-safe product keeps d/dZ = exp(-max): a state that starts at
+  zero trains (finite differences agree)."""
+  from jax.test_util import check_grads
+  rng = np.random.RandomState(1)
+  q, k, v = (jnp.asarray(rng.randn(1, 4, 2, 8), jnp.float32)
+             for _ in range(3))
+
+  def out(z):
+    return attention.attend(q, k, v, key_mask=None, causal=False,
+                            ntk=NtkState(z, jnp.full((2, 8), 0.3))).sum()
+
+  z0 = jnp.zeros((2, 8, 8))
+  assert float(jnp.abs(jax.grad(out)(z0)).max()) > 1e-3
+  check_grads(out, (z0,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)

@@ -20,8 +20,9 @@ from ntk_prefix.models.hooks import LayerHook, NtkState
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  # 'zeros': exactly the frozen model at step 0 (k then has no gradient at 0
-  # because of |k|, so only Z moves at first); 'normal': Z, k ~ init_std *
+  # 'zeros': exactly the frozen model at step 0 (JAX's d|k|/dk at 0 is +1,
+  # so k trains from zero too; PyTorch's is 0, which holds the official ViT
+  # run's k at exactly 0); 'normal': Z, k ~ init_std *
   # N(0, 1); 'prefix': the closed-form state of a random explicit prefix of
   # `init_prefix_length` rows drawn like the model's keys/values.
   init: str = 'normal'

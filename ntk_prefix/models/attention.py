@@ -165,14 +165,29 @@ def attend(q: Array, k: Array, v: Array, *, key_mask: Optional[Array],
     num = num + p_num * scale[..., None]
     den = den + p_den * scale
   if ntk is not None:
+    # exp(-row_max) overflows once every logit of a query is below about -88;
+    # a zero NTK term must then add exactly zero, not 0 * inf = NaN.
     scale = jnp.exp(-row_max)
-    num = num + ntk_num * scale[..., None]
-    den = den + ntk_den * scale
+    num = num + _times(ntk_num, scale[..., None])
+    den = den + _times(ntk_den, scale)
   # A query with nothing to attend to (padding) gets zeros, not NaN.
   out = num / jnp.where(den > 0, den, 1.0)[..., None]
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, q_len, heads,
                                                     head_dim)
   return out.astype(out_dtype)
+
+
+@jax.custom_jvp
+def _times(x: Array, scale: Array) -> Array:
+  """x * scale with 0 * inf = 0 (forward only: the derivative in x stays
+  `scale`, so a state that starts at zero still trains)."""
+  return jnp.where(x == 0, 0.0, x * scale)
+
+
+@_times.defjvp
+def _times_jvp(primals, tangents):
+  (x, scale), (x_dot, scale_dot) = primals, tangents
+  return _times(x, scale), x_dot * scale + _times(x, scale_dot)
 
 
 def _prefix_online(qg: Array, prefix_k: Array, prefix_v: Array,
