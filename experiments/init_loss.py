@@ -27,7 +27,7 @@ def initial_losses(config, names: list, seeds: int) -> dict:
     c = config.copy_and_resolve_references()  # the caller's stays as it was
     config_lib.override(c, 'method.name', name)
     s = dataclasses.replace(setup, config=c, method=methods.from_config(
-        c.method, setup.model_cfg))
+        c.method, setup.model_cfg, c.task.name, setup.tokenizer))
     evaluate = train.make_eval_step(s, frozen_sharding)
     out[name] = []
     for seed in range(seeds if name != 'none' else 1):

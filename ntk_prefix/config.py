@@ -46,7 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
       # on eval_split='train[-200:]' and report test_split='validation'.
       test_split='', test_limit=-1,
   ))
-  c.method = ml_collections.ConfigDict({'name': 'ntk_attention',
+  # preset: a named set of option values with its source, e.g.
+  # 'official_vit' (see `python -m ntk_prefix.methods --presets`).
+  c.method = ml_collections.ConfigDict({'name': 'ntk_attention', 'preset': '',
                                         **methods.default_options()})
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=1e-3, schedule='cosine', warmup_steps=20, end_lr_ratio=0.0,

@@ -59,10 +59,11 @@ def build(config) -> Setup:
     raise ValueError(f'task {config.task.name!r} generates text; '
                      f'model.path={config.model.path!r} is an encoder.')
   best_metric_direction(config.best_metric, kind)
-  method = methods.from_config(config.method, model_cfg)
   tokenizer = None if model_cfg.is_vision else checkpoints.load_tokenizer(path)
   if tokenizer is not None and tokenizer.pad_token is None:
     tokenizer.pad_token = tokenizer.eos_token
+  method = methods.from_config(config.method, model_cfg, config.task.name,
+                               tokenizer)
   t = config.task
   if not model_cfg.is_vision and model_cfg.rope_theta is None:
     room = model_cfg.max_input_tokens - method.position_offset()

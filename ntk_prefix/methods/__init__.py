@@ -19,24 +19,53 @@ NAMES = tuple(REGISTRY)
 
 
 def get(name: str, model_cfg: ModelConfig,
-        options: Mapping[str, Any] = None) -> Method:
-  """The method `name` for this model, with options overriding defaults."""
+        options: Mapping[str, Any] = None, *, preset: str = '',
+        task: str = '', tokenizer: Any = None) -> Method:
+  """The method `name` for this model: its defaults, then the preset's
+  values (for `task` where the preset has task-specific ones), then
+  `options`."""
   if name not in REGISTRY:
     raise MethodError(f'method.name={name!r} is not a method.'
                       f'{near(name, REGISTRY)} Known: {sorted(REGISTRY)}.')
   cls = REGISTRY[name]
+  values = {}
+  if preset:
+    if preset not in cls.presets:
+      raise MethodError(
+          f'method.preset={preset!r} is not a preset of {name}.'
+          f'{near(preset, cls.presets)} Its presets: {sorted(cls.presets)} '
+          "(or '' for the defaults).")
+    values = cls.presets[preset].resolve(task)
+  values.update(options or {})
   from ntk_prefix.methods.base import parse_options
-  opts = parse_options(cls.Options, dict(options or {}), f'method.{name}')
-  return cls(model_cfg, opts)
+  opts = parse_options(cls.Options, values, f'method.{name}')
+  return cls(model_cfg, cls.resolve_options(opts, tokenizer))
 
 
-def from_config(method_config, model_cfg: ModelConfig) -> Method:
-  """From `config.method`: {'name': ..., <name>: {options}, ...}."""
+def from_config(method_config, model_cfg: ModelConfig, task: str = '',
+                tokenizer: Any = None) -> Method:
+  """From `config.method`: {'name', 'preset', <name>: {options}, ...}.
+
+  With a preset, an option keeps the preset's value unless the config sets
+  it to something other than the method's default.
+  """
   name = method_config['name']
   options = method_config.get(name, {}) if hasattr(method_config, 'get') else {}
   if hasattr(options, 'to_dict'):
     options = options.to_dict()
-  return get(name, model_cfg, options)
+  preset = method_config.get('preset', '') if hasattr(method_config,
+                                                      'get') else ''
+  if preset and name in REGISTRY:
+    defaults = default_options()[name]
+    options = {k: v for k, v in options.items()
+               if k not in defaults or _differs(v, defaults[k])}
+  return get(name, model_cfg, options, preset=preset, task=task,
+             tokenizer=tokenizer)
+
+
+def _differs(a, b) -> bool:
+  as_tuple = lambda x: tuple(x) if isinstance(x, (list, tuple)) else x
+  return as_tuple(a) != as_tuple(b)
 
 
 def default_options() -> dict:

@@ -1,7 +1,8 @@
-"""python -m ntk_prefix.methods --model=PATH [--num_labels=2]
+"""python -m ntk_prefix.methods --model=PATH [--num_labels=2] [--presets]
 
 Prints the trainable-parameter count of every method (default options, plus
-a classification head for encoders/vision) on the checkpoint at PATH.
+a classification head for encoders/vision) on the checkpoint at PATH; with
+--presets, every method's named presets, their values and their sources.
 """
 import argparse
 
@@ -33,14 +34,35 @@ def table(path: str, num_labels: int) -> str:
   return title + '\n\n' + '\n'.join(rows)
 
 
+def presets_text() -> str:
+  """Every method's presets: values, source, and where we differ."""
+  out = []
+  for name, cls in methods.REGISTRY.items():
+    for preset_name, p in cls.presets.items():
+      values = ', '.join(f'{k}={v!r}' for k, v in p.options.items())
+      out.append(f'{name} / {preset_name}: {values}')
+      for task, extra in p.per_task.items():
+        out.append(f'  task {task}: ' + ', '.join(
+            f'{k}={v!r}' for k, v in extra.items()))
+      out.append(f'  source: {p.source}')
+      if p.differs:
+        out.append(f'  differs: {p.differs}')
+  return '\n'.join(out)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='minilm',
                       help="checkpoint folder, .gguf file, 'minilm' or "
                       "'smollm2'")
   parser.add_argument('--num_labels', type=int, default=2)
+  parser.add_argument('--presets', action='store_true',
+                      help='also list every preset with its source')
   args = parser.parse_args()
   print(table(args.model, args.num_labels))
+  if args.presets:
+    print('\nPresets (--config.method.preset=NAME):\n')
+    print(presets_text())
 
 
 if __name__ == '__main__':

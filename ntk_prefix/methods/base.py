@@ -17,6 +17,23 @@ class MethodError(ValueError):
   """Bad method name, option, or method state."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Named option values and where they come from (`method.preset`).
+
+  `per_task` adds options for one task (e.g. an official script's prefix
+  length for RTE); `differs` says where this codebase does not, or cannot,
+  follow the source.
+  """
+  options: dict
+  source: str
+  per_task: dict = dataclasses.field(default_factory=dict)
+  differs: str = ''
+
+  def resolve(self, task: str = '') -> dict:
+    return {**self.options, **self.per_task.get(task, {})}
+
+
 def near(name: str, options) -> str:
   close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
   return f' Did you mean {close}?' if close else ''
@@ -55,6 +72,12 @@ class Method(Adapter):
   # Names of state leaves that are vectors (per layer or head), which weight
   # decay must not shrink; biases and norm scales are never decayed anyway.
   no_decay: ClassVar[tuple] = ()
+  presets: ClassVar[dict] = {}  # name -> Preset
+
+  @classmethod
+  def resolve_options(cls, opts, tokenizer):
+    """Options that need the tokenizer to be known (default: as given)."""
+    return opts
 
   def __post_init__(self):
     self.validate()

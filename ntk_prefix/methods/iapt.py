@@ -48,6 +48,14 @@ def rational(x, num, den):
 class Iapt(base.Method):
   name = 'iapt'
   Options = Options
+  # No official code is public: the paper's structure is the default.
+  presets = {'paper': base.Preset(
+      {'generator': 'paper', 'num_tokens': 4},
+      source='Zhu et al. 2024 (arXiv 2405.18203) section 3.2: four soft '
+      'tokens per layer from down-projection, self-attention pooling, a '
+      'learned rational activation and up-projection.',
+      differs='The paper gives no bottleneck width or initialisation; ours: '
+      'bottleneck 32, init_std 0.02.')}
   # The pooling query is a vector per layer; num/den are the rational
   # activation's coefficients (decay would pull it off the identity).
   no_decay = ('pool_query', 'num', 'den')

@@ -19,17 +19,36 @@ from ntk_prefix.models.hooks import InputHook
 class Options:
   length: int = 10  # m
   rank: int = 4  # r
-  hidden: int = 256  # h
+  hidden: int = 256  # h; 0: the model's hidden size
   dropout: float = 0.1
   combine: str = 'gate'  # 'gate', 'add', 'concat', 'max'
-  init_std: float = 0.02
+  init_std: float = 0.02  # Z_S ~ init_std * N(0, 1)
+  head_init_std: float = 0.0  # head weights; 0: 1 / sqrt(fan_in)
 
 
-def _mlp_init(rng, n_in, n_hidden, n_out):
+PRESETS = {
+    'official': base.Preset(
+        {'init_std': 1.0, 'head_init_std': 0.02, 'hidden': 0,
+         'dropout': 0.1},
+        source='jabhinav/Prompt-Tuning-Strikes-Back-with-LOPA@56357be custom_peft/tuners/prompt_tuning.py:116 Z_S '
+        'is an nn.Embedding, N(0, 1); utils/model.py:92-93 MLP width = the '
+        'encoder\'s hidden size; :88, :96, :101 dropout hidden_dropout_prob '
+        '(0.1 for BERT-style encoders); :107-115 head weights '
+        'N(0, initializer_range=0.02), output biases 0.',
+        differs='The first Linear\'s bias keeps PyTorch\'s uniform init '
+        'there; it starts at 0 here. The official encoder is a separate '
+        'model (e.g. CodeBERT); here e(x) is the frozen backbone\'s own '
+        'first pass.'),
+}
+
+
+def _mlp_init(rng, n_in, n_hidden, n_out, std=0.0):
   k1, k2 = jax.random.split(rng)
-  return {'w1': jax.random.normal(k1, (n_in, n_hidden)) / jnp.sqrt(n_in),
+  s1 = std or 1 / jnp.sqrt(n_in)
+  s2 = std or 1 / jnp.sqrt(n_hidden)
+  return {'w1': s1 * jax.random.normal(k1, (n_in, n_hidden)),
           'b1': jnp.zeros((n_hidden,)),
-          'w2': jax.random.normal(k2, (n_hidden, n_out)) / jnp.sqrt(n_hidden),
+          'w2': s2 * jax.random.normal(k2, (n_hidden, n_out)),
           'b2': jnp.zeros((n_out,))}
 
 
@@ -37,11 +56,14 @@ def _mlp_init(rng, n_in, n_hidden, n_out):
 class Lopa(base.Method):
   name = 'lopa'
   Options = Options
+  presets = PRESETS
 
   def validate(self):
     o, m = self.opts, self.model
     base.require(o.length > 0, self.field('length'), o.length,
                  'a positive prompt length')
+    base.require(o.hidden >= 0, self.field('hidden'), o.hidden,
+                 'a width >= 0 (0: the hidden size)')
     base.require(0 < o.rank <= min(o.length, m.hidden_size),
                  self.field('rank'), o.rank,
                  f'1..min(length, hidden_size) = 1..'
@@ -56,10 +78,11 @@ class Lopa(base.Method):
 
   def init(self, rng, frozen_params=None, tokenizer=None):
     o, d = self.opts, self.model.hidden_size
+    h = o.hidden or d
     ks, ku, kv = jax.random.split(rng, 3)
     return {'z_s': o.init_std * jax.random.normal(ks, (o.length, d)),
-            'u': _mlp_init(ku, d, o.hidden, o.length * o.rank),
-            'v': _mlp_init(kv, d, o.hidden, d * o.rank)}
+            'u': _mlp_init(ku, d, h, o.length * o.rank, o.head_init_std),
+            'v': _mlp_init(kv, d, h, d * o.rank, o.head_init_std)}
 
   def _head(self, p, e, train, rng):
     e = self.dropout(e, self.opts.dropout, train, rng)

@@ -34,6 +34,35 @@ class Options:
   num_features: int = 0
   feature_seed: int = 0
   phi_dropout: float = 0.0  # the paper's ViT runs use 0.2
+  # False holds k at its initial value (the official ViT run's k stays 0:
+  # PyTorch's subgradient of |k| at 0 is 0).
+  train_k: bool = True
+
+
+_CHIWUN = 'ChristianYang37/chiwun@08a0713 src/NTK-Attention/'
+
+PRESETS = {
+    'official_vit': base.Preset(
+        {'init': 'zeros', 'train_k': False, 'phi_dropout': 0.2},
+        source=_CHIWUN + 'ntk-attn-vit/ntk_vit_cifar.py: :136-140 phi_k and '
+        'phi_kv (k and Z) are torch.zeros; :171 uses phi_k.abs(), whose '
+        'gradient at 0 is 0 in PyTorch, so k stays 0; :113-114, :163 '
+        'nn.Dropout(0.2) on phi(q); :195-199 the classifier is trained; '
+        ':225-239 lr 1e-3, batch 256, 30 epochs, no weight decay.',
+        differs='The script re-creates each layer\'s query/key/value Linear '
+        'after freeze() and leaves them trainable (:209-214 commented out), '
+        'so that run also trains q/k/v; here they stay frozen. Its '
+        'nn.Dropout(0.2) is built fresh at every call, hence always in '
+        'training mode, so phi(q) is dropped at evaluation too; here only '
+        'in training.'),
+    'official_glm': base.Preset(
+        {'init': 'normal', 'init_std': 1e-4},
+        source=_CHIWUN + 'ntk-attn-chatglm/ntk_glm.py:170-174 phi_k and '
+        'phi_kv are torch.randn(...) / 10000; :128 no dropout on phi(q); '
+        ':206-219 lr 1e-3, batch 256, 30 epochs.',
+        differs='k is drawn as |N(0, 1e-4)| here; only |k| enters the '
+        'attention, so the forward pass is the same.'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +70,7 @@ class NtkAttention(base.Method):
   name = 'ntk_attention'
   no_decay = ('k',)  # one vector per head: the prefix's summed key features
   Options = Options
+  presets = PRESETS
 
   def validate(self):
     o = self.opts
@@ -105,7 +135,9 @@ class NtkAttention(base.Method):
       shape = hidden.shape[:2] + (self.model.num_heads, self.num_features)
       keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
       phi_mask = keep.astype(jnp.float32) / (1.0 - rate)
-    return LayerHook(ntk=NtkState(z=method_params['z'][layer],
-                                  k=method_params['k'][layer],
+    k = method_params['k'][layer]
+    if not self.opts.train_k:
+      k = jax.lax.stop_gradient(k)
+    return LayerHook(ntk=NtkState(z=method_params['z'][layer], k=k,
                                   projection=self.projection(),
                                   phi_mask=phi_mask))

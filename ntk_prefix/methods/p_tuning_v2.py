@@ -23,6 +23,24 @@ class Options:
   shift_positions: bool = True
 
 
+PRESETS = {
+    'official': base.Preset(
+        {'dropout': 0.1},
+        per_task={'rte': {'length': 20}, 'boolq': {'length': 40}},
+        source='THUDM/P-tuning-v2@b1520c9 model/sequence_classification.py:107, :141 '
+        'Dropout(hidden_dropout_prob) on the prefix keys/values; '
+        'run_script/run_rte_bert.sh:7-8 dropout=0.1, psl=20; '
+        'run_script/run_boolq_bert.sh:7-8 psl=40 (the BERT scripts: our '
+        'encoder is a BERT). The prefix starts N(0, 0.02): the class '
+        '(:101-128) never re-initialises its nn.Embedding, so from_pretrained '
+        'gives the missing weights BERT\'s _init_weights, '
+        'N(0, initializer_range=0.02), our init_std.',
+        differs='There is no script for CB or SST-2: the length stays ours '
+        '(10) there. The scripts\' hidden_dropout_prob also sets the '
+        'backbone\'s dropout; our frozen backbone runs without dropout.'),
+}
+
+
 def validate_prefix(method: base.Method) -> None:
   """Checks shared by the explicit-prefix methods."""
   o, m = method.opts, method.model
@@ -51,6 +69,7 @@ def prefix_hook(method, k, v, layer, train, rng) -> LayerHook:
 @dataclasses.dataclass(frozen=True)
 class PTuningV2(base.Method):
   name = 'p_tuning_v2'
+  presets = PRESETS
   Options = Options
 
   def validate(self):

@@ -27,14 +27,44 @@ class Options:
   init: str = 'random'
   init_text: str = 'summarize'
   init_fit_steps: int = 300
+  init_fit_lr: float = 1e-2  # Adam's rate for the 'words' fit
   dropout: float = 0.0
   shift_positions: bool = True
+
+
+# length=0 in a preset: the init text's token count (needs the tokenizer).
+PRESETS = {
+    'official': base.Preset(
+        {'init': 'words', 'init_fit_steps': 500, 'init_fit_lr': 1e-4,
+         'length': 0, 'mlp_hidden': 512},
+        source='XiangLi1999/PrefixTuning@6519d30 gpt2/train_control.py:99-112 the real-word (low-data) '
+        'initialisation: prefix length = the init text\'s token count, an '
+        'Embedding -> Linear(n_embd, mid_dim) -> Tanh -> Linear MLP, mid_dim '
+        '512 (:68-71); '
+        ':193-212 lowdata_init_train3: Adam lr 1e-4 for 500 steps on the MSE '
+        'between the MLP\'s output and the frozen model\'s past_key_values '
+        'of the init text.',
+        differs='The init text is ours (method.prefix_tuning.init_text); the '
+        'paper chose one per task.'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class PrefixTuning(base.Method):
   name = 'prefix_tuning'
   Options = Options
+  presets = PRESETS
+
+  @classmethod
+  def resolve_options(cls, opts, tokenizer):
+    if opts.length != 0:
+      return opts
+    if tokenizer is None or opts.init != 'words':
+      raise base.MethodError(
+          'method.prefix_tuning.length=0 means the init text\'s token count; '
+          "it needs init='words' and the model's tokenizer.")
+    ids = tokenizer(opts.init_text, add_special_tokens=False)['input_ids']
+    return dataclasses.replace(opts, length=len(ids))
 
   def validate(self):
     validate_prefix(self)
@@ -65,11 +95,12 @@ class PrefixTuning(base.Method):
       return params
     k, v = base.word_prefix(self.model, frozen_params, tokenizer,
                             self.opts.init_text, self.opts.length)
-    return self.fit(params, k, v, self.opts.init_fit_steps)
+    return self.fit(params, k, v, self.opts.init_fit_steps,
+                    self.opts.init_fit_lr)
 
-  def fit(self, params, k, v, steps):
+  def fit(self, params, k, v, steps, lr=1e-2):
     """Adam on || materialize(params) - (k, v) ||^2."""
-    opt = optax.adam(1e-2)
+    opt = optax.adam(lr)
 
     def loss(p):
       mat = self.materialize(p)
