@@ -4,6 +4,7 @@ command, commit and date."""
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from typing import Callable, Optional
@@ -78,19 +79,70 @@ def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
   return workdir, run_point(configured(spec, overrides), workdir)
 
 
+# The search extends its grid outward while the best score sits at an end,
+# by this many points at most (the same rule for every method).
+MAX_EXTRA_POINTS = 4
+SEARCH_KEY = 'optimizer.lr'
+
+
+def next_rate(value: float, up: bool) -> float:
+  """The next point outward on the 1-3-10 ladder the grids are written on
+  (x3 or /3 elsewhere)."""
+  k = math.floor(math.log10(value) + 1e-9)
+  mantissa = round(value / 10 ** k, 6)
+  if mantissa in (1.0, 3.0):
+    ladder = {(1.0, True): 3 * 10 ** k, (3.0, True): 10 ** (k + 1),
+              (1.0, False): 3 * 10 ** (k - 1), (3.0, False): 10 ** k}
+    return float(f'{ladder[mantissa, up]:.3g}')
+  return float(f'{value * 3 if up else value / 3:.3g}')
+
+
+def search_outward(grid: list, evaluate: Callable[[dict], float], *,
+                   higher_is_better: bool, key: str = SEARCH_KEY,
+                   max_extra: int = MAX_EXTRA_POINTS) -> tuple:
+  """Evaluates every point of `grid`; then, while the best value sits at the
+  lowest or highest `key` searched, evaluates the next point beyond it
+  (the best point's other overrides kept), up to `max_extra` more.
+
+  Returns (points in the order run, values, edge), edge being 'top' or
+  'bottom' if the best is still at that end, else ''.
+  """
+  points, values = list(grid), [evaluate(p) for p in grid]
+  while True:
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(sign * v for v in values)
+    best_keys = {p[key] for p, v in zip(points, values) if sign * v == best}
+    searched = sorted({p[key] for p in points})
+    # An end counts only if no interior point ties with it.
+    ends = best_keys & {searched[0], searched[-1]}
+    edge = ''
+    if len(searched) > 1 and ends and best_keys <= ends:
+      edge = 'top' if searched[-1] in best_keys else 'bottom'
+    if not edge or len(points) - len(grid) >= max_extra:
+      return points, values, edge
+    at = searched[-1] if edge == 'top' else searched[0]
+    anchor = next(p for p, v in zip(points, values)
+                  if p[key] == at and sign * v == best)
+    point = {**anchor, key: next_rate(at, edge == 'top')}
+    points.append(point)
+    values.append(evaluate(point))
+
+
 def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     root: str, *, select: str, higher_is_better: bool,
                     score: Callable[[str, dict], dict],
                     base: Optional[dict] = None,
                     log: Callable = print) -> dict:
-  """Seed 0 at every grid point, choose on `select` (held-out rows), then
-  the chosen point at seeds 1.. . `score(workdir, metrics)` returns the
-  reported metrics of one finished run (e.g. dev accuracy, BLEU); `base`
-  overrides apply to every run.
+  """Seed 0 at every grid point, extended outward while the best sits at an
+  end (search_outward); choose on `select` (held-out rows), then the chosen
+  point at seeds 1.. . `score(workdir, metrics)` returns the reported
+  metrics of one finished run (e.g. dev accuracy, BLEU); `base` overrides
+  apply to every run.
   """
   search = []
   base = base or {}
-  for point in grid:
+
+  def evaluate(point):
     workdir, metrics = run_seed(spec, root, method, point, 0, base)
     scored = score(workdir, metrics)
     search.append({'overrides': point, 'select': metrics[select],
@@ -99,7 +151,10 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                    'trainable_params': metrics['trainable_params']})
     log(f'  {method} {point_name(point)}: {select}={metrics[select]:.4f} '
         f'{_fmt(scored)} ({metrics["wall_seconds"]:.0f} s)')
-  values = [r['select'] for r in search]
+    return metrics[select]
+
+  _, values, edge = search_outward(grid, evaluate,
+                                   higher_is_better=higher_is_better)
   best = int(np.argmax(values) if higher_is_better else np.argmin(values))
   chosen = search[best]
   runs = [{'seed': 0, 'scores': chosen['scores'],
@@ -114,7 +169,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
     log(f'  {method} seed {seed}: {_fmt(runs[-1]["scores"])}')
   return {'method': method, 'trainable_params': chosen['trainable_params'],
           'chosen': chosen['overrides'], 'select_metric': select,
-          'search': search, 'runs': runs}
+          'search': search, 'runs': runs, 'edge': edge,
+          'runs_spent': len(search) + seeds - 1}
 
 
 def _fmt(scores: dict) -> str:

@@ -61,6 +61,8 @@ def check(table: str, task: str, results: dict, base: dict, workdir: str,
     method, select = record['method'], record['select_metric']
     if LR not in record['chosen']:
       continue  # `none` on the LM tables: nothing trained, nothing chosen
+    if 'edge' in record:
+      continue  # the extending search already looked beyond its ends
     chosen = record['chosen'][LR]
     at = next(p for p in record['search'] if p['overrides'][LR] == chosen)
     side, lr = further_out(record, [p[LR] for p in full_grid[method]])

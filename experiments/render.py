@@ -36,8 +36,18 @@ def edge_side(record: dict, key: str = '') -> str:
 
 
 def grid_edge(record: dict) -> str:
+  """' (edge)' when the search ended with the best still at an end of what
+  it searched (at its cap of extra points). Records of the fixed-grid search
+  (before 2026-11-30, no 'edge' key) keep their old 'grid top/bottom'."""
+  if 'edge' in record:
+    return ' (edge)' if record['edge'] else ''
   side = edge_side(record)
   return f' (grid {side})' if side else ''
+
+
+def runs_spent(record: dict) -> int:
+  return record.get('runs_spent',
+                    len(record['search']) + len(record['runs']) - 1)
 
 
 def task_table(task: str, block: dict, results: dict) -> list:
@@ -48,9 +58,10 @@ def task_table(task: str, block: dict, results: dict) -> list:
           f"(mean ± std, {results['seeds']} seeds) | per seed | "
           + ''.join(f'{results.get("labels", {}).get(k, k)} | ' for k in extra)
           + 'chosen | ' + f"{results.get('select_label', 'held-out')} "
-          'per grid point | s/run |')
+          'per searched point | runs | s/run |')
   lines = [f"### {results['task_names'].get(task, task)}\n", head,
-           '|---|---:|---:|---|' + '---:|' * len(extra) + '---|---|---:|']
+           '|---|---:|---:|---|' + '---:|' * len(extra) +
+           '---|---|---:|---:|']
   for r in block['records']:
     vals = [scale * run['scores'][metric] for run in r['runs']]
     cells = [r['method'], _params(r['trainable_params']),
@@ -62,9 +73,12 @@ def task_table(task: str, block: dict, results: dict) -> list:
     cells.append((', '.join(f'{k.split(".")[-1]}={v}'
                             for k, v in r['chosen'].items()) or '—')
                  + grid_edge(r))
+    points = sorted(r['search'],
+                    key=lambda p: p['overrides'].get('optimizer.lr', 0))
     cells.append(' / '.join(
         f"{p['overrides'].get('optimizer.lr', '')}: {p['select']:.3f}"
-        for p in r['search']) or '—')
+        for p in points) or '—')
+    cells.append(str(runs_spent(r)))
     walls = [run['wall_seconds'] for run in r['runs']]
     cells.append(f'{sum(walls) / len(walls):.0f}')
     lines.append('| ' + ' | '.join(cells) + ' |')

@@ -67,6 +67,42 @@ def test_a_rate_chosen_at_the_end_of_its_grid_is_marked():
       ' (grid bottom)'
   assert render.grid_edge(record(3e-3, [1e-3, 3e-3, 1e-2])) == ''
   assert render.grid_edge({'chosen': {}, 'search': []}) == ''  # not searched
+  # Records of the extending search carry their own verdict.
+  assert render.grid_edge({**record(1e-2, [1e-3, 1e-2]), 'edge': ''}) == ''
+  assert render.grid_edge({**record(1e-2, [1e-3, 1e-2]),
+                           'edge': 'top'}) == ' (edge)'
+
+
+def _peaked(peak):
+  """A held-out score that is best at lr = peak (log scale)."""
+  return lambda p: -abs(np.log10(p['optimizer.lr']) - np.log10(peak))
+
+
+def test_search_extends_outward_until_the_best_is_inside():
+  points, values, edge = common.search_outward(
+      [{'optimizer.lr': 1e-3}, {'optimizer.lr': 3e-3}], _peaked(0.1),
+      higher_is_better=True)
+  assert [p['optimizer.lr'] for p in points] == [1e-3, 3e-3, 1e-2, 3e-2, 0.1,
+                                                 0.3]
+  assert edge == ''  # 0.1 is inside [1e-3, 0.3]
+  # Downward, for a loss (lower is better), other overrides carried along.
+  grid = [{'optimizer.lr': 1e-2, 'x': 1}, {'optimizer.lr': 3e-2, 'x': 1}]
+  points, _, edge = common.search_outward(
+      grid, lambda p: np.log10(p['optimizer.lr']), higher_is_better=False,
+      max_extra=2)
+  assert [p['optimizer.lr'] for p in points] == [1e-2, 3e-2, 3e-3, 1e-3]
+  assert all(p['x'] == 1 for p in points)
+  assert edge == 'bottom'  # still at the end after the cap
+  # Best inside from the start: nothing more is run.
+  points, _, edge = common.search_outward(
+      [{'optimizer.lr': v} for v in (1e-3, 3e-3, 1e-2)], _peaked(3e-3),
+      higher_is_better=True)
+  assert len(points) == 3 and edge == ''
+  # A flat curve stops once an interior point ties with the end.
+  points, _, edge = common.search_outward(
+      [{'optimizer.lr': 1e-3}, {'optimizer.lr': 3e-3}], lambda p: 0.5,
+      higher_is_better=True)
+  assert len(points) == 3 and edge == ''
 
 
 @pytest.fixture(scope='module')
@@ -98,9 +134,15 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
   records = results['tasks']['cb']['records']
   assert [r['method'] for r in records] == ['none', 'ntk_attention']
   for r in records:
-    assert len(r['search']) == 2 and len(r['runs']) == 2
+    assert 2 <= len(r['search']) <= 2 + common.MAX_EXTRA_POINTS
+    assert len(r['runs']) == 2 and r['runs_spent'] == len(r['search']) + 1
     held_out = [p['select'] for p in r['search']]
     assert r['chosen'] == r['search'][int(np.argmax(held_out))]['overrides']
+    lrs = sorted(p['overrides']['optimizer.lr'] for p in r['search'])
+    best = max(held_out)
+    inside = [p for p in r['search'] if p['select'] == best and
+              lrs[0] < p['overrides']['optimizer.lr'] < lrs[-1]]
+    assert bool(inside) == (r['edge'] == '')
     for run in r['runs']:  # a whole number of the 56 CB dev rows
       correct = run['scores']['test_accuracy'] * 56
       assert abs(correct - round(correct)) < 1e-6, correct
@@ -113,7 +155,7 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
   assert (out / 'metric_vs_params.png').stat().st_size > 1000
 
   mtimes = {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')}
-  assert len(mtimes) == 2 * 3  # 2 grid points + 1 more seed, per method
+  assert len(mtimes) == sum(r['runs_spent'] for r in records)
   nlu.main(argv)
   assert {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')} == \
       mtimes
@@ -137,21 +179,32 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
   # The table's sizes come from its recorded command, not from the caller.
   rows = grid_edge.check('nlu', 'cb', results, {}, str(work),
                          log=lambda s: None)
-  assert [r['method'] for r in rows] == ['none', 'ntk_attention']
-  new = [p for p in work.rglob('final_metrics.json') if p not in mtimes]
-  assert len(new) == sum(r['further'] is not None for r in rows) > 0
-  for r in rows:
-    if r['further'] is not None:
-      [path] = work.glob(f'cb*/{r["method"]}/lr={r["further"]},seed=0/'
-                         'final_metrics.json')
-      ran = json.loads(path.read_text())
-      assert r['further_select'] == ran['eval_accuracy']
-      assert r['better'] == (ran['eval_accuracy'] > r['select'])
+  # The extending search looked beyond its ends already: nothing to do.
+  assert rows == []
   assert all(p.stat().st_mtime == t for p, t in mtimes.items())
+  # A table of the old fixed two-point grid: one point further out for each
+  # choice at an end, read or run in the table's run folders.
+  import copy
+  legacy = copy.deepcopy(results)
+  for r in legacy['tasks']['cb']['records']:
+    r['search'] = sorted(r['search'][:2],
+                         key=lambda p: p['overrides']['optimizer.lr'])
+    r['chosen'] = max(r['search'], key=lambda p: p['select'])['overrides']
+    del r['edge'], r['runs_spent']
+  rows = grid_edge.check('nlu', 'cb', legacy, {}, str(work),
+                         log=lambda s: None)
+  assert [r['method'] for r in rows] == ['none', 'ntk_attention']
+  for r in rows:
+    assert r['further'] is not None  # two points: the choice is at an end
+    [path] = work.glob(f'cb*/{r["method"]}/lr={r["further"]},seed=0/'
+                       'final_metrics.json')
+    ran = json.loads(path.read_text())
+    assert r['further_select'] == ran['eval_accuracy']
+    assert r['better'] == (ran['eval_accuracy'] > r['select'])
   text = grid_edge.render(rows, 'cb',
                           {'command': 'c', 'commit': 'x', 'date': 'd'})
   better = sum(r.get('better', False) for r in rows)
-  assert f'{better} of {len(new)} do better' in text
+  assert f'{better} of {len(rows)} do better' in text
   assert '| ntk_attention |' in text and 'test_accuracy' in text
   assert 'nan' not in text  # only metrics the table itself reported
   assert (out / 'metric_vs_params.png').exists()
