@@ -2,19 +2,26 @@ r"""How far each method's initial state moves the frozen model: the held-out
 token loss of every method at step 0, beside the frozen model's.
 
   python -m experiments.init_loss --task=e2e_nlg [--methods=...] [--seeds=2]
+  python -m experiments.init_loss --task=sst2 \
+      --methods=none,ntk_attention,ntk_attention:official_glm
+
+A method may be given as METHOD:PRESET (see `python -m ntk_prefix.methods
+--presets`).
 
 A method whose initial state is near the identity starts at the frozen
 model's loss; one that starts far above it spends its first steps undoing
 its own initialisation (see the README on IAPT). Writes
-experiments/results/<task>/init_loss.md; no training, no decoding.
+experiments/results/<task>/init_loss.md (NLU tasks: experiments/results/nlu/
+init_loss_<task>.md); no training, no decoding.
 """
 import argparse
 import dataclasses
 import os
 import sys
 
-from experiments import common, lm
-from ntk_prefix import config as config_lib, methods, provenance, train
+from experiments import common, lm, nlu
+from ntk_prefix import atomic, config as config_lib, methods, provenance
+from ntk_prefix import train
 
 def initial_losses(config, names: list, seeds: int) -> dict:
   """{method: [held-out token loss at init, one per seed]}; the model and
@@ -23,18 +30,21 @@ def initial_losses(config, names: list, seeds: int) -> dict:
   setup = train.build(config)
   frozen, frozen_sharding = train.place_frozen(setup)
   out = {}
-  for name in names:
+  for label in names:
+    name, _, preset = label.partition(':')
     c = config.copy_and_resolve_references()  # the caller's stays as it was
     config_lib.override(c, 'method.name', name)
+    config_lib.override(c, 'method.preset', preset)
     s = dataclasses.replace(setup, config=c, method=methods.from_config(
         c.method, setup.model_cfg, c.task.name, setup.tokenizer))
     evaluate = train.make_eval_step(s, frozen_sharding)
-    out[name] = []
+    out[label] = []
     for seed in range(seeds if name != 'none' else 1):
       c.seed = seed
       params = train.init_method_params(s)
-      out[name].append(train.run_eval(s, evaluate, params, frozen)['eval_loss'])
-      print(f'{name} seed {seed}: {out[name][-1]:.3f}', file=sys.stderr,
+      out[label].append(
+          train.run_eval(s, evaluate, params, frozen)['eval_loss'])
+      print(f'{label} seed {seed}: {out[label][-1]:.3f}', file=sys.stderr,
             flush=True)
   return out
 
@@ -58,24 +68,29 @@ def render(losses: dict, task: str, eval_split: str, stamp: dict) -> str:
 
 
 def main(argv=None):
-  module = config_lib.load_file(lm.CONFIG)
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--task', default='e2e_nlg', choices=sorted(lm.TASK_NAMES))
-  p.add_argument('--methods', default=','.join(module.METHODS))
+  nlu_tasks = sorted(config_lib.load_file(nlu.CONFIG).TASKS)
+  p.add_argument('--task', default='e2e_nlg',
+                 choices=sorted(lm.TASK_NAMES) + nlu_tasks)
+  p.add_argument('--methods', default='')
   p.add_argument('--seeds', type=int, default=2)
   p.add_argument('--out', default='',
                  help='default experiments/results/<task>/init_loss.md')
   args, base, command = common.parse(p, argv, 'experiments.init_loss')
-  config = common.configured(f'{lm.CONFIG}:{args.task}', base)
+  table = nlu if args.task in nlu_tasks else lm
+  module = config_lib.load_file(table.CONFIG)
+  config = common.configured(f'{table.CONFIG}:{args.task}', base)
   eval_split = config.task.eval_split
-  losses = initial_losses(config, args.methods.split(','), args.seeds)
+  names = (args.methods or ','.join(module.METHODS)).split(',')
+  losses = initial_losses(config, names, args.seeds)
   text = render(losses, args.task, eval_split, provenance.stamp(
       command, exclude=('experiments/results',)))
-  out = args.out or os.path.join(lm.results_folder(args.task),
-                                 'init_loss.md')
+  out = args.out or (
+      os.path.join(lm.results_folder(args.task), 'init_loss.md')
+      if table is lm else
+      os.path.join(nlu.results_folder(), f'init_loss_{args.task}.md'))
   os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-  with open(out, 'w') as f:
-    f.write(text)
+  atomic.write_text(out, text)
   print(text)
 
 

@@ -262,14 +262,19 @@ def test_init_loss_command(hf_checkpoint, tmp_path):
   config = common.configured('configs/lm.py:e2e_nlg', {
       'model.path': str(path), 'task.prepared_dir': str(tmp_path / 'tfds'),
       'task.max_length': '64', 'task.eval_split': 'train[-16:]'})
-  losses = init_loss.initial_losses(config, ['none', 'lora', 'full', 'iapt'],
-                                    seeds=2)
+  losses = init_loss.initial_losses(
+      config, ['none', 'lora', 'full', 'iapt', 'ntk_attention:official_vit',
+               'ntk_attention'], seeds=2)
   assert config.method.name == 'ntk_attention'  # the caller's config is kept
   frozen = losses['none'][0]
   assert len(losses['none']) == 1 and len(losses['iapt']) == 2
   assert losses['lora'] == pytest.approx([frozen] * 2, rel=1e-6)
   assert losses['full'] == pytest.approx([frozen] * 2, rel=1e-6)
   assert abs(losses['iapt'][0] - frozen) > 1e-4  # tokens enter attention
+  # A preset is a row of its own: official_vit starts at Z = k = 0.
+  assert losses['ntk_attention:official_vit'] == pytest.approx([frozen] * 2,
+                                                               rel=1e-6)
+  assert abs(losses['ntk_attention'][0] - frozen) > 1e-6
   init_loss.main(['--methods=none,lora', '--seeds=1', f'--out={out}',
                   f'--config.model.path={path}',
                   f'--config.task.prepared_dir={tmp_path / "tfds"}',
