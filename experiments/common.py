@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ntk_prefix import config as config_lib, provenance
+from ntk_prefix import atomic, config as config_lib, provenance
 from ntk_prefix.sweep import point_name, run_point
 
 
@@ -70,12 +70,25 @@ def run_root(workdir: str, name: str, base: dict) -> str:
   return os.path.join(workdir, name)
 
 
+def method_overrides(label: str) -> dict:
+  """A table row's method: 'lopa', or 'lopa:official' for a preset."""
+  name, _, preset = label.partition(':')
+  return {'method.name': name, 'method.preset': preset}
+
+
+def grid_for(space: dict, label: str) -> list:
+  """A row's learning-rate grid: its method's, preset or not."""
+  return space[label.partition(':')[0]]
+
+
 def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
              base: dict) -> tuple:
   """(workdir, final metrics) of one run of a table: `point` at `seed`, in
-  the folder the table keeps it in (finished runs are read, not rerun)."""
-  workdir = os.path.join(root, method, point_name(point) + f',seed={seed}')
-  overrides = {**base, 'method.name': method, **point, 'seed': seed}
+  the folder the table keeps it in (finished runs are read, not rerun).
+  `method` is a row label, 'NAME' or 'NAME:PRESET'."""
+  workdir = os.path.join(root, method.replace(':', '-'),
+                         point_name(point) + f',seed={seed}')
+  overrides = {**base, **method_overrides(method), **point, 'seed': seed}
   return workdir, run_point(configured(spec, overrides), workdir)
 
 
@@ -148,6 +161,7 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
     search.append({'overrides': point, 'select': metrics[select],
                    'scores': scored, 'wall_seconds': metrics['wall_seconds'],
                    'device': metrics.get('device', ''),
+                   'commit': metrics.get('commit', ''),
                    'trainable_params': metrics['trainable_params']})
     log(f'  {method} {point_name(point)}: {select}={metrics[select]:.4f} '
         f'{_fmt(scored)} ({metrics["wall_seconds"]:.0f} s)')
@@ -165,12 +179,15 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                                 seed, base)
     runs.append({'seed': seed, 'scores': score(workdir, metrics),
                  'wall_seconds': metrics['wall_seconds'],
-                 'device': metrics.get('device', '')})
+                 'device': metrics.get('device', ''),
+                 'commit': metrics.get('commit', '')})
     log(f'  {method} seed {seed}: {_fmt(runs[-1]["scores"])}')
   return {'method': method, 'trainable_params': chosen['trainable_params'],
           'chosen': chosen['overrides'], 'select_metric': select,
           'search': search, 'runs': runs, 'edge': edge,
-          'runs_spent': len(search) + seeds - 1}
+          'runs_spent': len(search) + seeds - 1,
+          'commits': sorted({r['commit'] for r in search + runs
+                             if r.get('commit')})}
 
 
 def _fmt(scores: dict) -> str:
@@ -189,8 +206,7 @@ def write_results(out: str, results: dict, command: str) -> str:
   os.makedirs(out, exist_ok=True)
   results = {**provenance.stamp(command, exclude=('experiments/results',)),
              **results}
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+  atomic.write_json(os.path.join(out, 'results.json'), results)
   return render.render(out)
 
 
@@ -206,7 +222,8 @@ def classification_tables(config_path: str, module, tasks: list,
     space = module.get_search_space(task + size)
     for method in methods:
       record = tune_and_repeat(
-          f'{config_path}:{task}{size}', method, space[method], seeds,
+          f'{config_path}:{task}{size}', method, grid_for(space, method),
+          seeds,
           run_root(workdir, task.replace(':', '_') + size.replace(',', '_'),
                    base),
           select='eval_accuracy', higher_is_better=True, base=base,

@@ -247,7 +247,8 @@ def main(argv=None):
       score = lambda workdir, m: scores_only(
           decode_and_score(common.configured(spec, base), workdir))
       record = common.tune_and_repeat(
-          spec, method, module.get_search_space(args.task + size)[method],
+          spec, method, common.grid_for(
+              module.get_search_space(args.task + size), method),
           args.seeds, root, select='eval_loss', higher_is_better=False,
           score=score, base=base,
           log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -7,6 +7,7 @@ import os
 import textwrap
 
 from experiments.common import mean_std
+from ntk_prefix import atomic
 
 
 def _params(n: int) -> str:
@@ -108,10 +109,18 @@ def devices(results: dict) -> str:
   return f" Runs ran on: {', '.join(found)} (s/run is that device's)."
 
 
+def run_commits(results: dict) -> str:
+  """' Runs trained at: a, b.' from the rows' records (older results
+  lack them): the code that produced the numbers, not only the table's."""
+  found = sorted({c for block in results['tasks'].values()
+                  for r in block['records'] for c in r.get('commits', [])})
+  return f" Runs trained at: {', '.join(found)}." if found else ''
+
+
 def markdown(results: dict) -> str:
   out = [f"## {results['title']}\n", results['caption'] + '\n',
          f"Command: `{results['command']}`; commit {results['commit']}; "
-         f"{results['date']}.{devices(results)}\n"]
+         f"{results['date']}.{devices(results)}{run_commits(results)}\n"]
   for task, block in results['tasks'].items():
     if block['records']:
       out += task_table(task, block, results) + ['']
@@ -192,7 +201,6 @@ def render(folder: str) -> str:
   with open(os.path.join(folder, 'results.json')) as f:
     results = json.load(f)
   text = markdown(results)
-  with open(os.path.join(folder, 'table.md'), 'w') as f:
-    f.write(text)
+  atomic.write_text(os.path.join(folder, 'table.md'), text)
   plot(results, os.path.join(folder, 'metric_vs_params.png'))
   return text

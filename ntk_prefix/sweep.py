@@ -42,6 +42,7 @@ def run_point(config, workdir: str) -> dict:
       metrics = json.load(f)
     metrics['wall_seconds'] = round(time.time() - t0, 1)
     metrics['device'] = provenance.device()
+    metrics['commit'] = provenance.git_commit()  # the code that trained it
     atomic.write_json(final, metrics)
   with open(final) as f:
     return json.load(f)
