@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ntk_prefix import atomic, checkpoints, config as config_lib, distributed
-from ntk_prefix import export, methods, models, sharding
+from ntk_prefix import export, lm_loss, methods, models, sharding
 from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.checkpoints.paths import resolve
 from ntk_prefix.data import builders, pipeline
@@ -154,24 +154,26 @@ def loss_and_metrics(method_params, frozen_params, batch, rng, *, s: Setup,
                      train: bool):
   """Mean loss over real examples/tokens, plus sums for exact eval metrics."""
   inputs = {k: v for k, v in batch.items()
-            if k not in ('labels', 'weights', 'loss_mask')}
+            if k not in ('labels', 'weights', 'loss_mask', 'loss_positions',
+                         'loss_targets', 'loss_weights')}
   out = models.apply(s.model_cfg, frozen_params, method_params, inputs,
                      adapter=s.method, train=train, rng=rng,
-                     remat=s.config.model.remat,
-                     lm_logits=s.kind == 'generation')
+                     remat=s.config.model.remat, lm_logits=False)
   weights = batch.get('weights')
-  if s.kind == 'generation':
-    logits = out['logits'][:, :-1].astype(jnp.float32)
-    targets = batch['input_ids'][:, 1:]
-    mask = batch['loss_mask'][:, 1:].astype(jnp.float32)
+  if s.kind == 'generation':  # the LM head at the loss positions only
+    h = lm_loss.gather_rows(out['hidden'], batch['loss_positions'])
+    params = s.method.backbone_params(frozen_params, method_params)
+    nll, correct = lm_loss.cross_entropy(
+        h.reshape(-1, h.shape[-1]), lm_loss.head_kernel(s.model_cfg, params),
+        batch['loss_targets'].reshape(-1))
+    mask = batch['loss_weights']
     if weights is not None:
       mask = mask * weights[:, None]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, -1) == targets) * mask
+    mask = mask.reshape(-1)
     count = jnp.sum(mask)
     loss = jnp.sum(nll * mask) / jnp.maximum(count, 1.0)
-    return loss, {'loss_sum': jnp.sum(nll * mask), 'correct': jnp.sum(correct),
-                  'count': count}
+    return loss, {'loss_sum': jnp.sum(nll * mask),
+                  'correct': jnp.sum(correct * mask), 'count': count}
   logits = out['class_logits']
   w = jnp.ones(logits.shape[0]) if weights is None else weights
   nll = optax.softmax_cross_entropy_with_integer_labels(logits,
@@ -220,8 +222,13 @@ def make_steps(s: Setup, opt, frozen_sharding):
                                         rng, s=s, train=True)
     updates, opt_state = opt.update(grads, opt_state, method_params)
     method_params = optax.apply_updates(method_params, updates)
+    # Loss and gradients come from the state before the update; the state
+    # about to be saved is checked too (a finite step can overflow it).
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                for x in jax.tree.leaves(method_params)]))
     return method_params, opt_state, {'train_loss': loss,
-                                      'grad_norm': optax.tree.norm(grads)}
+                                      'grad_norm': optax.tree.norm(grads),
+                                      'state_finite': finite}
 
   train = jax.jit(
       train_step,
@@ -273,14 +280,16 @@ def train_and_evaluate(config, workdir: str,
 
 def _check_finite(out: dict, step: int, manager, workdir: str) -> float:
   """The step's loss; stops before a non-finite state is saved anywhere."""
-  host = distributed.fetch({k: out[k] for k in ('train_loss', 'grad_norm')})
+  host = distributed.fetch(out)
   loss, norm = float(host['train_loss']), float(host['grad_norm'])
-  if np.isfinite(loss) and np.isfinite(norm):
+  finite = bool(host.get('state_finite', True))
+  if np.isfinite(loss) and np.isfinite(norm) and finite:
     return loss
   manager.wait_until_finished()
+  what = '' if finite else ' and the updated state is not finite'
   raise FloatingPointError(
-      f'train_loss={loss}, grad_norm={norm} at step {step}; stopping before '
-      f'this state is saved. The last good checkpoint (step '
+      f'train_loss={loss}, grad_norm={norm}{what} at step {step}; stopping '
+      f'before this state is saved. The last good checkpoint (step '
       f'{manager.latest_step()}) is kept in {workdir}/checkpoints. Lower '
       'optimizer.lr or raise optimizer.warmup_steps.')
 

@@ -184,6 +184,9 @@ def test_check_finite_stops_on_non_finite_gradients(tmp_path):
   out['grad_norm'] = jnp.float32(1.0)
   assert train._check_finite(out, 4, Manager(), str(tmp_path)) == \
       pytest.approx(0.7)
+  out['state_finite'] = jnp.bool_(False)  # finite step, overflowed state
+  with pytest.raises(FloatingPointError, match='updated state is not finite'):
+    train._check_finite(out, 4, Manager(), str(tmp_path))
 
 
 @pytest.mark.parametrize('name', [n for n in methods.NAMES if n != 'none'])

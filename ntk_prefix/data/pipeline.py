@@ -186,11 +186,36 @@ def _trim(ds: Dataset, idx: np.ndarray, buckets: list,
   of all of idx (every process of a run cuts its rows to the same width)."""
   longest = int(ds.lengths[idx].max()) if len(idx) else 1
   width = next((b for b in buckets if b >= longest), buckets[-1])
+  if 'loss_mask' in ds.arrays:  # the same bucket on every process
+    most = int(ds.arrays['loss_mask'][idx, 1:width].sum(1).max()) if len(
+        idx) else 1
+    slots = next((b for b in buckets if b >= max(most, 1)), buckets[-1])
   idx = idx[rows]
   out = {}
   for k, v in ds.arrays.items():
     out[k] = v[idx][:, :width] if v.ndim == 2 and k != 'labels' else v[idx]
+  if 'loss_mask' in out:
+    out.update(loss_positions(out['input_ids'], out['loss_mask'], slots))
   return out
+
+
+def loss_positions(ids: np.ndarray, loss_mask: np.ndarray,
+                   slots: int) -> dict:
+  """Per row, the positions p whose next token p + 1 carries loss, padded to
+  `slots`: 'loss_positions' [b, slots], 'loss_targets' (the tokens p + 1)
+  and 'loss_weights' (1 on real positions, 0 on padding)."""
+  b = ids.shape[0]
+  positions = np.zeros((b, slots), np.int32)
+  targets = np.zeros((b, slots), np.int32)
+  weights = np.zeros((b, slots), np.float32)
+  for i in range(b):
+    where = np.flatnonzero(loss_mask[i, 1:])[:slots]
+    n = len(where)
+    positions[i, :n] = where
+    targets[i, :n] = ids[i, where + 1]
+    weights[i, :n] = 1.0
+  return {'loss_positions': positions, 'loss_targets': targets,
+          'loss_weights': weights}
 
 
 def train_batch(ds: Dataset, step: int, batch_size: int, seed: int,

@@ -1,0 +1,111 @@
+r"""How NTK-Attention's initial state starts and trains: the evidence for
+its default.
+
+  python -m experiments.ntk_init --task=e2e_nlg   # or --task=sst2
+
+For each init (ours and the official runs' presets) the held-out loss
+before the first step and after training at the table's budget (its
+configs/ sizes, seed 0, each learning rate of --lrs), on the rows that
+choose the learning rate; no decoding. Writes
+experiments/results/<table>/ntk_init_<task>.md. Runs resume.
+"""
+import argparse
+import os
+import sys
+
+from experiments import common, init_loss, lm, nlu
+from ntk_prefix import atomic, config as config_lib, provenance
+
+# label -> (method label, options): the inits compared.
+INITS = {
+    'zeros': ('ntk_attention', {'method.ntk_attention.init': 'zeros'}),
+    'normal 0.01': ('ntk_attention', {'method.ntk_attention.init': 'normal',
+                                      'method.ntk_attention.init_std': 0.01}),
+    'official_glm': ('ntk_attention:official_glm', {}),
+    'official_vit': ('ntk_attention:official_vit', {}),
+}
+WORKDIR = 'workdirs/experiments/ntk_init'
+
+
+def measure(task: str, lrs: list, base: dict, workdir: str) -> dict:
+  table = nlu if task in config_lib.load_file(nlu.CONFIG).TASKS else lm
+  spec = f'{table.CONFIG}:{task}'
+  config = common.configured(spec, base)
+  rows = {}
+  start = initial_losses(config, INITS)
+  root = common.run_root(workdir, task, base)
+  for label, (method, options) in INITS.items():
+    rows[label] = {'init_loss': start[label], 'trained': {}}
+    for lr in lrs:
+      _, metrics = common.run_seed(spec, root, method,
+                                   {**options, 'optimizer.lr': lr}, 0, base)
+      rows[label]['trained'][lr] = {k: metrics[k] for k in metrics
+                                    if k.startswith(('eval_', 'test_'))}
+      print(f'{label} lr={lr}: {rows[label]["trained"][lr]}',
+            file=sys.stderr, flush=True)
+  return {'task': task, 'rows': rows, 'frozen': start['frozen'],
+          'eval_split': config.task.eval_split, 'steps': config.total_steps,
+          'batch': config.batch_size}
+
+
+def initial_losses(config, inits: dict) -> dict:
+  """Held-out loss at step 0 per init (seed 0), and of the frozen model."""
+  out = {}
+  for label, (method, options) in inits.items():
+    c = config.copy_and_resolve_references()
+    for k, v in options.items():
+      config_lib.override(c, k, v)
+    out[label] = init_loss.initial_losses(c, [method], 1)[method][0]
+  out['frozen'] = init_loss.initial_losses(config, ['none'], 1)['none'][0]
+  return out
+
+
+def render(result: dict, stamp: dict) -> str:
+  lrs = list(next(iter(result['rows'].values()))['trained'])
+  first = result['rows'][next(iter(result['rows']))]['trained'][lrs[0]]
+  metrics = [k for k in ('eval_loss', 'test_accuracy') if k in first]
+  lines = [f"## NTK-Attention's initial state: {result['task']}", '',
+           f"Held-out loss on `{result['eval_split']}` before the first "
+           f"step (the frozen model: {result['frozen']:.3f}) and after "
+           f"{result['steps']} steps of batch {result['batch']} (seed 0) "
+           'at each learning rate' + (
+               '; test_accuracy is the dev set, scored once.' if
+               'test_accuracy' in metrics else '.'), '',
+           f"Command: `{stamp['command']}`; commit {stamp['commit']}; "
+           f"{stamp['date']}.", '']
+  head = ['init', 'loss at step 0', 'minus frozen'] + [
+      f'{m} (lr={lr})' for lr in lrs for m in metrics]
+  lines += ['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (
+      len(head) - 1)]
+  for label, row in result['rows'].items():
+    cells = [label, f"{row['init_loss']:.3f}",
+             f"{row['init_loss'] - result['frozen']:+.3f}"]
+    for lr in lrs:
+      for m in metrics:
+        v = row['trained'][lr][m]
+        cells.append(f'{100 * v:.1f}' if m.endswith('accuracy') else
+                     f'{v:.3f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--task', default='e2e_nlg')
+  p.add_argument('--lrs', default='0.003,0.01')
+  p.add_argument('--workdir', default=WORKDIR)
+  p.add_argument('--out', default='')
+  args, base, command = common.parse(p, argv, 'experiments.ntk_init')
+  result = measure(args.task, [float(x) for x in args.lrs.split(',')], base,
+                   args.workdir)
+  text = render(result, provenance.stamp(command,
+                                         exclude=('experiments/results',)))
+  folder = (nlu.results_folder() if args.task in config_lib.load_file(
+      nlu.CONFIG).TASKS else lm.results_folder(args.task))
+  out = args.out or os.path.join(folder, f'ntk_init_{args.task}.md')
+  atomic.write_text(out, text)
+  print(text)
+
+
+if __name__ == '__main__':
+  main()
