@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ntk_prefix import checkpoints, methods, models
+from ntk_prefix import checkpoints, lm_loss, methods, models
 from ntk_prefix.checkpoints.paths import resolve
 from ntk_prefix.models.hooks import Adapter
 
@@ -75,11 +75,23 @@ def matmul_params(cfg, frozen_params) -> int:
 
 
 def loss_fn(cfg, adapter, lm: bool):
+  """The training loss: next-token over every position, or, for a batch
+  with 'loss_positions' (instruction data), at the answer positions only
+  (train.py's loss: the LM head on those rows alone)."""
   def loss(method_params, frozen_params, batch):
     inputs = {'input_ids': batch['input_ids'],
               'attention_mask': batch['attention_mask']}
+    gathered = lm and 'loss_positions' in batch
     out = models.apply(cfg, frozen_params, method_params, inputs,
-                       adapter=adapter, lm_logits=lm)
+                       adapter=adapter, lm_logits=lm and not gathered)
+    if gathered:
+      h = lm_loss.gather_rows(out['hidden'], batch['loss_positions'])
+      params = adapter.backbone_params(frozen_params, method_params)
+      nll, _ = lm_loss.cross_entropy(h.reshape(-1, h.shape[-1]),
+                                     lm_loss.head_kernel(cfg, params),
+                                     batch['loss_targets'].reshape(-1))
+      w = batch['loss_weights'].reshape(-1)
+      return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
     if lm:
       logits = out['logits'][:, :-1].astype(jnp.float32)
       return optax.softmax_cross_entropy_with_integer_labels(

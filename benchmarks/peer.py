@@ -30,6 +30,46 @@ OURS = {
 }
 
 
+def instruction_batch(gguf_path: str, batch: int, length: int):
+  """(ours, theirs): real E2E rows (prompt + answer, loss on the answer
+  only) for both sides, or None where the E2E files are not at hand.
+
+  Ours is the training pipeline's batch: right-padded, the answer positions
+  gathered before the LM head. Theirs holds the same tokens left-padded, so
+  every answer ends at the end and `logits_to_keep` (the best transformers
+  offers here) computes the head on the last `keep` positions only.
+  """
+  from ntk_prefix import checkpoints, config as config_lib
+  from ntk_prefix.data import pipeline
+  tokenizer = checkpoints.load_tokenizer(gguf_path)
+  try:
+    ds = pipeline.load('e2e_nlg', f'train[:{4 * batch}]', tokenizer,
+                       manual_dir=config_lib.default_manual_dir(),
+                       data_dir=os.path.expanduser(
+                           '~/.cache/ntk_prefix/tfds'),
+                       max_length=length, truncate=True)
+  except FileNotFoundError as e:
+    print(f'  no instruction batch: {e}', flush=True)
+    return None
+  ours = pipeline.train_batch(ds, 0, batch, seed=0)
+  ids, mask, loss = (ours[k] for k in ('input_ids', 'attention_mask',
+                                       'loss_mask'))
+  width = ids.shape[1]
+  left = {k: np.zeros_like(ids) for k in ('input_ids', 'attention_mask',
+                                          'loss_mask')}
+  for i in range(batch):
+    n = int(mask[i].sum())
+    for k, v in (('input_ids', ids), ('attention_mask', mask),
+                 ('loss_mask', loss)):
+      left[k][i, width - n:] = v[i, :n]
+  # The head runs where a prediction has loss: the answers' tokens.
+  keep = int((width - np.argmax(left['loss_mask'], axis=1)).max()) + 1
+  theirs = dict(left, keep=min(keep, width),
+                position_ids=np.maximum(np.cumsum(left['attention_mask'], 1)
+                                        - 1, 0))
+  return ours, theirs
+
+
 def load_base(gguf_path: str):
   import torch
   from transformers import AutoModelForCausalLM
@@ -42,7 +82,8 @@ def load_base(gguf_path: str):
 class PeftStep:
   """One PEFT training step: forward with labels, backward, AdamW update."""
 
-  def __init__(self, base_model, method: str, batch: dict):
+  def __init__(self, base_model, method: str, batch: dict,
+               instruction: bool = False):
     import peft
     import torch
     kind, kwargs = PAIRS[method]
@@ -56,13 +97,40 @@ class PeftStep:
     self.param_count = int(sum(p.numel() for p in self.params))
     self.opt = torch.optim.Adam(self.params, lr=1e-4)
     self.ids = torch.from_numpy(np.asarray(batch['input_ids'], np.int64))
-    self.mask = torch.ones_like(self.ids)
+    self.instruction = instruction
+    self.lora = kind == 'LORA'
+    if instruction:
+      self.mask = torch.from_numpy(np.asarray(batch['attention_mask'],
+                                              np.int64))
+      self.positions = torch.from_numpy(np.asarray(batch['position_ids'],
+                                                   np.int64))
+      self.keep = batch['keep']
+      k = self.keep
+      self.targets = self.ids[:, -k + 1:]
+      self.weights = torch.from_numpy(np.asarray(
+          batch['loss_mask'][:, -k + 1:], np.float32))
+    else:
+      self.mask = torch.ones_like(self.ids)
+
+  def loss(self):
+    import torch
+    if not self.instruction:
+      return self.model(input_ids=self.ids, attention_mask=self.mask,
+                        labels=self.ids).loss
+    # PEFT's prompt-learning models ignore position_ids (with a warning).
+    extra = {'position_ids': self.positions} if self.lora else {}
+    logits = self.model(input_ids=self.ids, attention_mask=self.mask,
+                        logits_to_keep=self.keep, **extra
+                        ).logits[:, -self.keep:-1]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        self.targets.reshape(-1), reduction='none')
+    w = self.weights.reshape(-1)
+    return (nll * w).sum() / w.sum()
 
   def run_train(self) -> float:
     t0 = time.perf_counter()
-    out = self.model(input_ids=self.ids, attention_mask=self.mask,
-                     labels=self.ids)
-    out.loss.backward()
+    self.loss().backward()
     self.opt.step()
     self.opt.zero_grad(set_to_none=True)
     return time.perf_counter() - t0

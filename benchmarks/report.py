@@ -66,25 +66,34 @@ def peer_table(rows: list) -> str:
   ours = [r for r in rows if r['sweep'] == 'peer' and 'peer' not in r]
   if not ours:
     return ''
-  r0 = ours[0]
-  out = [f"### {r0['model']}: batch {r0['batch']} x {r0['seq_len']} tokens,"
-         ' same weights and token ids, alternating steps\n',
-         '| method | ours (s) | PEFT (s) | ours / PEFT | back to back: ours (s) '
-         '| PEFT (s) | ours / PEFT | ours params | PEFT params | '
-         'ours % of FLOP floor | PEFT % of FLOP floor |',
-         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
-  for r in ours:
-    p = next(x for x in rows if x['sweep'] == 'peer' and 'peer' in x and
-             x['method'] == r['method'])
-    out.append(f"| {r['method']} | {r['step_seconds']:.3f} | "
-               f"{p['step_seconds']:.3f} | {r['ratio_to_peer']:.2f} | "
-               f"{_r(r.get('step_seconds_back_to_back'), '{:.3f}')} | "
-               f"{_r(p.get('step_seconds_back_to_back'), '{:.3f}')} | "
-               f"{_r(r.get('ratio_to_peer_back_to_back'))} | "
-               f"{r['params']:,} | {p['params']:,} | "
-               f"{100 * r['floor_fraction']:.0f}% | "
-               f"{100 * p['floor_fraction']:.0f}% |")
-  return '\n'.join(out) + '\n'
+  out = []
+  titles = {'all_tokens': 'every token carries loss',
+            'instruction': 'real E2E rows, loss on the answer only (PEFT '
+                           'with logits_to_keep)'}
+  for kind in dict.fromkeys(r.get('peer_batch', 'all_tokens') for r in ours):
+    group = [r for r in ours if r.get('peer_batch', 'all_tokens') == kind]
+    r0 = group[0]
+    out += [f"### {r0['model']}, `{kind}`: batch {r0['batch']} x "
+            f"{r0['seq_len']} tokens, {titles.get(kind, kind)}; same weights "
+            'and token ids, alternating steps\n',
+            '| method | ours (s) | PEFT (s) | ours / PEFT | back to back: '
+            'ours (s) | PEFT (s) | ours / PEFT | ours params | PEFT params | '
+            'ours % of FLOP floor | PEFT % of FLOP floor |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for r in group:
+      p = next(x for x in rows if x['sweep'] == 'peer' and 'peer' in x and
+               x['method'] == r['method'] and
+               x.get('peer_batch', 'all_tokens') == kind)
+      out.append(f"| {r['method']} | {r['step_seconds']:.3f} | "
+                 f"{p['step_seconds']:.3f} | {r['ratio_to_peer']:.2f} | "
+                 f"{_r(r.get('step_seconds_back_to_back'), '{:.3f}')} | "
+                 f"{_r(p.get('step_seconds_back_to_back'), '{:.3f}')} | "
+                 f"{_r(r.get('ratio_to_peer_back_to_back'))} | "
+                 f"{r['params']:,} | {p['params']:,} | "
+                 f"{100 * r['floor_fraction']:.0f}% | "
+                 f"{100 * p['floor_fraction']:.0f}% |")
+    out.append('')
+  return '\n'.join(out)
 
 
 def mixed_table(rows: list) -> str:

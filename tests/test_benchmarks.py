@@ -31,3 +31,24 @@ def test_bench_writes_rows_and_tables(hf_checkpoint, tmp_path):
     assert os.path.getsize(os.path.join(out, name)) > 0
   mixed = [r for r in rows if r['sweep'] == 'mixed']
   assert {r['method'] for r in mixed} == {'p_tuning_v2', 'ntk_attention'}
+
+
+def test_instruction_peer_batch_holds_the_same_answers_on_both_sides():
+  """Ours (right-padded, gathered answer positions) and PEFT's (left-padded,
+  logits_to_keep) train on the same answer tokens of the same E2E rows."""
+  import numpy as np
+  from benchmarks import peer
+  from ntk_prefix import checkpoints
+  ours, theirs = peer.instruction_batch(checkpoints.default_decoder_path(),
+                                        4, 96)
+  keep = theirs['keep']
+  for i in range(4):
+    answer = ours['loss_targets'][i][ours['loss_weights'][i] > 0]
+    assert len(answer) > 0
+    tail = theirs['input_ids'][i, -keep + 1:]
+    np.testing.assert_array_equal(
+        tail[theirs['loss_mask'][i, -keep + 1:] > 0], answer)
+    # The same tokens, padded on the other side.
+    real = ours['input_ids'][i][ours['attention_mask'][i] > 0]
+    np.testing.assert_array_equal(
+        theirs['input_ids'][i][theirs['attention_mask'][i] > 0], real)
