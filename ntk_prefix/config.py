@@ -31,6 +31,9 @@ def default_manual_dir() -> str:
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # A method state to start from (a best/ or final/ export of the same
+  # method, e.g. written by `python -m ntk_prefix.compress`); '' = init.
+  c.init_from = ''
   # 'minilm' / 'smollm2' name the embedded checkpoints; else a folder or .gguf.
   c.model = ml_collections.ConfigDict(dict(path='minilm', dtype='float32',
                                            remat=''))

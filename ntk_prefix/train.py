@@ -89,9 +89,12 @@ def build(config) -> Setup:
 
 def init_method_params(s: Setup) -> dict:
   rng = jax.random.PRNGKey(s.config.seed)
-  params = s.method.init(jax.random.fold_in(rng, 1), s.frozen_params,
-                         s.tokenizer)
-  if s.kind != 'generation':
+  if s.config.init_from:
+    params = _state_from(s)
+  else:
+    params = s.method.init(jax.random.fold_in(rng, 1), s.frozen_params,
+                           s.tokenizer)
+  if s.kind != 'generation' and 'head' not in params:
     params['head'] = models.init_classifier_head(
         jax.random.fold_in(rng, 2), s.model_cfg, s.train_ds.num_labels)
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
@@ -122,6 +125,21 @@ def best_metric_direction(name: str, kind: str) -> bool:
         f'best_metric={name!r} is not a metric of a {kind} task; use one of '
         f'{list(known)} (the best state by it is exported to best/).')
   return not name.endswith(('loss', 'perplexity'))
+
+
+def _state_from(s: Setup) -> dict:
+  """The method state of config.init_from, which must be of this method."""
+  path = s.config.init_from
+  if not os.path.exists(os.path.join(path, 'method.json')):
+    raise ValueError(f'init_from={path!r}: no method.json there; point it at '
+                     'a best/ or final/ export (e.g. from '
+                     '`python -m ntk_prefix.compress`).')
+  method, params = export.load(path, s.model_cfg, s.frozen_params)
+  if method.name != s.method.name:
+    raise ValueError(f'init_from={path!r} holds a {method.name} state, but '
+                     f'method.name={s.method.name!r}; set '
+                     f'--config.method.name={method.name}.')
+  return dict(params)
 
 
 def make_optimizer(config, no_decay=()) -> optax.GradientTransformation:

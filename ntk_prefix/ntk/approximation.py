@@ -33,12 +33,19 @@ from ntk_prefix.models.hooks import NtkState
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-  """Queries/keys/values [n, L, 1, d] of train and test inputs, and the
-  prefix's keys/values [1, m, 1, d] (one head)."""
+  """Queries [n, L, heads, d] and keys/values [n, L, kv_heads, d] of train
+  and test inputs, and the prefix's keys/values [1, m, kv_heads, d]; masks
+  [n, L] of real tokens (None: all real) and whether inputs are causal."""
   train: tuple
   test: tuple
   prefix_k: jax.Array
   prefix_v: jax.Array
+  train_mask: Optional[jax.Array] = None
+  test_mask: Optional[jax.Array] = None
+  causal: bool = False
+
+  def mask(self, split: str) -> Optional[jax.Array]:
+    return getattr(self, f'{split}_mask')
 
 
 def random_problem(m: int, dim: int = 32, length: int = 16, n_train: int = 64,
@@ -102,25 +109,39 @@ def pretrained_problem(m: int, model: str = 'minilm', head: int = 0,
 
 def target(problem: Problem, split: str) -> jax.Array:
   q, k, v = getattr(problem, split)
-  return attend(q, k, v, key_mask=None, causal=False,
-                prefix_k=problem.prefix_k, prefix_v=problem.prefix_v,
-                prefix_chunk=8192)
+  return attend(q, k, v, key_mask=problem.mask(split),
+                causal=problem.causal, prefix_k=problem.prefix_k,
+                prefix_v=problem.prefix_v, prefix_chunk=8192)
 
 
 def estimate(problem: Problem, split: str, z, k_sum,
              projection: Optional[jax.Array]) -> jax.Array:
   q, k, v = getattr(problem, split)
-  return attend(q, k, v, key_mask=None, causal=False,
+  return attend(q, k, v, key_mask=problem.mask(split),
+                causal=problem.causal,
                 ntk=NtkState(z=z, k=k_sum, projection=projection))
 
 
-def relative_error(estimate_: jax.Array, target_: jax.Array) -> float:
-  return float(jnp.mean((estimate_ - target_) ** 2) / jnp.mean(target_ ** 2))
+def _weights(out: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  """Per-element weights: 1 on real query positions ([n, L] mask)."""
+  if mask is None:
+    return jnp.ones(out.shape[:2], out.dtype)[..., None, None]
+  return jnp.asarray(mask, out.dtype)[..., None, None]
+
+
+def relative_error(estimate_: jax.Array, target_: jax.Array,
+                   mask: Optional[jax.Array] = None) -> float:
+  """mean((estimate - target)^2) / mean(target^2) over real positions."""
+  w = _weights(target_, mask)
+  return float(jnp.sum(w * (estimate_ - target_) ** 2) /
+               jnp.sum(w * target_ ** 2))
 
 
 def closed_form(problem: Problem, projection: Optional[jax.Array]) -> tuple:
+  """Z and k of the prefix, one per query head (GQA heads share theirs)."""
   z, k = prefix_summary(problem.prefix_k[0], problem.prefix_v[0], projection)
-  return z, k
+  groups = problem.train[0].shape[2] // problem.prefix_k.shape[2]
+  return jnp.repeat(z, groups, axis=0), jnp.repeat(k, groups, axis=0)
 
 
 def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
@@ -133,11 +154,14 @@ def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
   z0, k0 = closed_form(problem, projection)
   scale = jnp.maximum(jnp.mean(jnp.abs(k0)), 1e-6)
   goal = target(problem, 'train')
+  w = _weights(goal, problem.mask('train'))
 
   def loss(params):
     out = estimate(problem, 'train', params['z'] * scale,
                    params['k'] * scale, projection)
-    return jnp.mean((out - goal) ** 2)
+    # The mean over real elements (exactly jnp.mean without a mask).
+    return jnp.sum(w * (out - goal) ** 2) / (
+        jnp.sum(w) * goal.shape[2] * goal.shape[3])
 
   opt = optax.adam(lr)
   params = {'z': z0 / scale, 'k': k0 / scale}

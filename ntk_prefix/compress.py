@@ -1,0 +1,214 @@
+r"""python -m ntk_prefix.compress --adapter=DIR --config=FILE.py[:arg] --out=DIR2
+
+Compresses a trained explicit prefix into NTK-Attention state: for every
+layer, (Z, k) are fitted so that the NTK term reproduces the attention over
+the adapter's prefix on the task's training inputs (the trained estimator of
+`ntk/approximation.py`, started from the closed form Z = sum phi(k_i) v_i^T,
+k = sum phi(k_i)). The prefix then costs what NTK-Attention costs, whatever
+its length.
+
+  --adapter   a Prefix-Tuning / P-Tuning v2 export of this codebase (a run's
+              best/ or final/), or a Hugging Face PEFT PREFIX_TUNING folder
+  --config    the task and model the adapter was trained for (train's config
+              file and --config.KEY=VALUE overrides)
+  --out       a folder like a run's: config.json and final/ (the ntk_attention
+              state), so `python -m ntk_prefix.generate --workdir=DIR2` decodes
+              with it and `--config.init_from=DIR2/final` trains on from it;
+              compress.json holds the report
+  --steps     Adam steps per layer (300); --rows: training / held-out rows (64)
+
+Prints, per layer, the held-out attention error of the closed form and of the
+fitted state; then the task metric and the train-step time before (explicit
+prefix) and after (NTK-Attention).
+"""
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_prefix import atomic, config as config_lib, export, methods
+from ntk_prefix import peft_format, train
+from ntk_prefix.data import pipeline
+from ntk_prefix.models import layers
+from ntk_prefix.models.transformer import Transformer
+from ntk_prefix.ntk import approximation
+
+EXPLICIT = ('prefix_tuning', 'p_tuning_v2')
+
+
+class CompressError(ValueError):
+  """An adapter that compress cannot take."""
+
+
+def load_adapter(directory: str, model_cfg, frozen_params) -> tuple:
+  """(method, params) of an explicit-prefix adapter folder."""
+  if os.path.exists(os.path.join(directory, 'method.json')):
+    method, params = export.load(directory, model_cfg, frozen_params)
+  elif os.path.exists(os.path.join(directory, 'adapter_config.json')):
+    method, params = peft_format.load(directory, model_cfg)
+  else:
+    raise CompressError(
+        f'--adapter={directory}: found neither method.json (a best/ or final/ '
+        'export of this codebase) nor adapter_config.json (a PEFT adapter).')
+  if method.name not in EXPLICIT:
+    raise CompressError(
+        f'--adapter={directory} holds a {method.name} state; compress needs '
+        f'an explicit prefix: {" or ".join(EXPLICIT)} (or a PEFT '
+        'PREFIX_TUNING adapter).')
+  return method, params
+
+
+def prefix_kv(method, params) -> dict:
+  """{'k', 'v'}: [layers, m, kv_heads, head_dim], in each layer's key space."""
+  if method.name == 'prefix_tuning':
+    return method.materialize(params)
+  return {'k': params['k'], 'v': params['v']}
+
+
+def layer_qkv(cfg, frozen_params, method, params, inputs: dict) -> list:
+  """Per layer (q [b, t, heads, d], k, v [b, t, kv_heads, d]), post-RoPE, of
+  the model running with the adapter's prefix."""
+  module = Transformer(cfg, method, lm_logits=False)
+  backbone = method.backbone_params(frozen_params, params)
+  _, state = module.apply(
+      {'params': backbone}, params, inputs,
+      capture_intermediates=lambda mdl, _: mdl.name in ('query', 'key',
+                                                       'value'))
+  inter = state['intermediates']
+  mask = jnp.asarray(inputs['attention_mask'])
+  positions = module.bind({'params': backbone})._positions(
+      mask, method.position_offset())
+  b, t = mask.shape
+  out = []
+  for i in range(cfg.num_layers):
+    attn = inter[f'layer_{i}']['attn']
+    q, k, v = (attn[name]['__call__'][0].reshape(b, t, -1, cfg.head_dim)
+               for name in ('query', 'key', 'value'))
+    if cfg.rope_theta is not None:
+      q = layers.rope(q, positions, cfg.rope_theta)
+      k = layers.rope(k, positions, cfg.rope_theta)
+    out.append((q, k, v))
+  return out
+
+
+def _inputs(batch: dict) -> dict:
+  return {k: jnp.asarray(v) for k, v in batch.items()
+          if k in ('input_ids', 'attention_mask', 'token_type_ids')}
+
+
+def step_seconds(s: train.Setup, params, batch: dict, repeats: int = 3):
+  """Median time of the jitted train step of `s.method` (after compiling)."""
+  frozen, frozen_sharding = train.place_frozen(s)
+  opt, _ = train.make_optimizer(s.config, s.method.no_decay)
+  step, _ = train.make_steps(s, opt, frozen_sharding)
+  params = jax.tree.map(jnp.array, params)
+  state = opt.init(params)
+  times = []
+  for r in range(repeats + 1):
+    t0 = time.perf_counter()
+    params, state, out = step(params, state, frozen, batch,
+                              jax.random.PRNGKey(0))
+    jax.block_until_ready(out)
+    if r:
+      times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def compress(config, adapter: str, out: str, steps: int = 300,
+             rows: int = 64, log=print) -> dict:
+  """Fits the NTK state, writes `out`, returns the report."""
+  from tqdm import tqdm
+  s = train.build(config)
+  cfg = s.model_cfg
+  frozen = jax.tree.map(jnp.asarray, s.frozen_params)
+  source, source_params = load_adapter(adapter, cfg, frozen)
+  kv = prefix_kv(source, source_params)
+  fit_rows = pipeline.train_batch(s.train_ds, 0, rows, config.seed)
+  held_out = next(pipeline.eval_batches(s.eval_ds, rows))
+  test_mask = held_out['attention_mask'] * held_out['weights'][:, None]
+  qkv_fit = layer_qkv(cfg, frozen, source, source_params, _inputs(fit_rows))
+  qkv_test = layer_qkv(cfg, frozen, source, source_params, _inputs(held_out))
+  zs, ks, errors = [], [], []
+  for i in tqdm(range(cfg.num_layers), desc='compress', disable=not
+                config.progress):
+    problem = approximation.Problem(
+        qkv_fit[i], qkv_test[i], kv['k'][i][None], kv['v'][i][None],
+        train_mask=jnp.asarray(fit_rows['attention_mask']),
+        test_mask=jnp.asarray(test_mask), causal=cfg.causal)
+    goal = approximation.target(problem, 'test')
+    error = lambda z, k: approximation.relative_error(
+        approximation.estimate(problem, 'test', z, k, None), goal, test_mask)
+    closed = error(*approximation.closed_form(problem, None))
+    z, k = approximation.fit(problem, None, steps)
+    errors.append({'layer': i, 'closed_form': closed, 'fitted': error(z, k)})
+    log(f'layer {i}: held-out attention error {closed:.2e} closed form, '
+        f'{errors[-1]["fitted"]:.2e} fitted')
+    zs.append(z)
+    ks.append(k)
+  ntk = methods.get('ntk_attention', cfg, {'init': 'zeros'})
+  state = {'z': jnp.stack(zs), 'k': jnp.stack(ks)}
+  if 'head' in source_params:  # a classifier trained with the prefix
+    state['head'] = source_params['head']
+  ntk.check_params(state)
+
+  before_setup = dataclasses.replace(s, method=source)
+  after_setup = dataclasses.replace(
+      s, method=ntk, config=_ntk_config(config))
+  report = {'adapter': adapter, 'source_method': source.name,
+            'prefix_length': int(kv['k'].shape[1]), 'fit_steps': steps,
+            'rows': rows, 'layers': errors}
+  for name, setup, params in (('before', before_setup, source_params),
+                              ('after', after_setup, state)):
+    placed, sharding = train.place_frozen(setup)
+    metrics = train.run_eval(setup, train.make_eval_step(setup, sharding),
+                             params, placed)
+    seconds = step_seconds(setup, params, pipeline.train_batch(
+        s.train_ds, 0, config.batch_size, config.seed))
+    report[name] = {**metrics, 'train_step_seconds': seconds}
+    log(f'{name}: ' + ', '.join(f'{k}={v:.4f}' for k, v in
+                                report[name].items()))
+  os.makedirs(out, exist_ok=True)
+  export.save(os.path.join(out, 'final'), ntk, state, config.model.path)
+  atomic.write_text(os.path.join(out, 'config.json'),
+                    after_setup.config.to_json_best_effort(indent=2))
+  atomic.write_json(os.path.join(out, 'compress.json'), report)
+  return report
+
+
+def _ntk_config(config):
+  c = config.copy_and_resolve_references()
+  config_lib.override(c, 'method.name', 'ntk_attention')
+  config_lib.override(c, 'method.preset', '')
+  config_lib.override(c, 'method.ntk_attention.init', 'zeros')
+  return c
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(
+      prog='python -m ntk_prefix.compress', description=__doc__.split('\n')[2],
+      epilog='--config=FILE.py[:arg] and --config.KEY=VALUE as for train.')
+  parser.add_argument('--adapter', required=True)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--steps', type=int, default=300)
+  parser.add_argument('--rows', type=int, default=64)
+  if any(a in ('-h', '--help') for a in argv):
+    parser.print_help()
+    return
+  own = [a for a in argv if not a.startswith('--config')]
+  config, _ = config_lib.from_argv([a for a in argv
+                                    if a.startswith('--config')])
+  args = parser.parse_args(own)
+  try:
+    compress(config, args.adapter, args.out, args.steps, args.rows)
+  except CompressError as e:
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  main()
