@@ -145,7 +145,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     root: str, *, select: str, higher_is_better: bool,
                     score: Callable[[str, dict], dict],
                     base: Optional[dict] = None,
-                    log: Callable = print) -> dict:
+                    log: Callable = print,
+                    max_extra: int = MAX_EXTRA_POINTS) -> dict:
   """Seed 0 at every grid point, extended outward while the best sits at an
   end (search_outward); choose on `select` (held-out rows), then the chosen
   point at seeds 1.. . `score(workdir, metrics)` returns the reported
@@ -168,7 +169,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
     return metrics[select]
 
   _, values, edge = search_outward(grid, evaluate,
-                                   higher_is_better=higher_is_better)
+                                   higher_is_better=higher_is_better,
+                                   max_extra=max_extra)
   best = int(np.argmax(values) if higher_is_better else np.argmin(values))
   chosen = search[best]
   runs = [{'seed': 0, 'scores': chosen['scores'],

@@ -101,13 +101,21 @@ def _inputs(batch: dict) -> dict:
           if k in ('input_ids', 'attention_mask', 'token_type_ids')}
 
 
-def step_seconds(s: train.Setup, params, batch: dict, repeats: int = 3):
-  """Median time of the jitted train step of `s.method` (after compiling)."""
+def step_cost(s: train.Setup, params, batch: dict, repeats: int = 3):
+  """(median seconds, XLA's peak bytes) of the jitted train step of
+  `s.method` on `batch` (after compiling)."""
   frozen, frozen_sharding = train.place_frozen(s)
   opt, _ = train.make_optimizer(s.config, s.method.no_decay)
   step, _ = train.make_steps(s, opt, frozen_sharding)
   params = jax.tree.map(jnp.array, params)
   state = opt.init(params)
+  try:
+    m = step.lower(params, state, frozen, batch, jax.random.PRNGKey(0)
+                   ).compile().memory_analysis()
+    peak = int(m.argument_size_in_bytes + m.output_size_in_bytes +
+               m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # not every backend reports it
+    peak = None
   times = []
   for r in range(repeats + 1):
     t0 = time.perf_counter()
@@ -116,7 +124,7 @@ def step_seconds(s: train.Setup, params, batch: dict, repeats: int = 3):
     jax.block_until_ready(out)
     if r:
       times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return float(np.median(times)), peak
 
 
 def compress(config, adapter: str, out: str, steps: int = 300,
@@ -165,13 +173,17 @@ def compress(config, adapter: str, out: str, steps: int = 300,
   for name, setup, params in (('before', before_setup, source_params),
                               ('after', after_setup, state)):
     placed, sharding = train.place_frozen(setup)
-    metrics = train.run_eval(setup, train.make_eval_step(setup, sharding),
-                             params, placed)
-    seconds = step_seconds(setup, params, pipeline.train_batch(
+    evaluate = train.make_eval_step(setup, sharding)
+    metrics = train.run_eval(setup, evaluate, params, placed)
+    if s.test_ds is not None:  # the task's reported split, scored once
+      test = train.run_eval(setup, evaluate, params, placed, s.test_ds)
+      metrics.update({'test_' + k[len('eval_'):]: v for k, v in test.items()})
+    seconds, peak = step_cost(setup, params, pipeline.train_batch(
         s.train_ds, 0, config.batch_size, config.seed))
-    report[name] = {**metrics, 'train_step_seconds': seconds}
-    log(f'{name}: ' + ', '.join(f'{k}={v:.4f}' for k, v in
-                                report[name].items()))
+    report[name] = {**metrics, 'train_step_seconds': seconds,
+                    'train_step_bytes': peak}
+    log(f'{name}: ' + ', '.join(f'{k}={v:.4g}' for k, v in
+                                report[name].items() if v is not None))
   os.makedirs(out, exist_ok=True)
   export.save(os.path.join(out, 'final'), ntk, state, config.model.path)
   atomic.write_text(os.path.join(out, 'config.json'),

@@ -379,3 +379,38 @@ def test_redraw_reproduces_every_committed_table(tmp_path):
     shutil.copy(os.path.join(src, 'results.json'), tmp_path / 'results.json')
     with open(os.path.join(src, 'table.md')) as f:
       assert render.render(str(tmp_path)) == f.read(), name
+
+
+def test_prefix_length_command(tiny_encoder, tmp_path):
+  """Every prefix length for both prefix methods, the reference rows, the
+  cost columns, the compressed point, and the figure."""
+  from experiments import prefix_length
+  out, work = tmp_path / 'out', tmp_path / 'runs'
+  prefix_length.main([
+      '--task=cb', '--lengths=1,4', '--seeds=2', '--max_extra=0',
+      '--compress_steps=20', f'--out={out}', f'--workdir={work}',
+      f'--config.model.path={tiny_encoder}',
+      f'--config.task.prepared_dir={tmp_path / "tfds"}',
+      '--config.total_steps=2', '--config.batch_size=8',
+      '--config.eval_batch_size=32', '--config.task.max_length=32'])
+  results = json.loads((out / 'results.json').read_text())
+  rows = [(r['method'], r['prefix_length']) for r in results['records']]
+  assert rows == [('p_tuning_v2', 1), ('p_tuning_v2', 4),
+                  ('prefix_tuning', 1), ('prefix_tuning', 4),
+                  ('ntk_attention', None), ('lora', None), ('none', None)]
+  for r in results['records']:
+    assert len(r['runs']) == 2
+    if r['method'] != 'none':
+      assert r['cost']['step_seconds'] > 0 and r['cost']['peak_bytes'] > 0
+  # Longer explicit prefixes hold more: XLA's peak grows with m.
+  peaks = {(r['method'], r['prefix_length']): r['cost']['peak_bytes']
+           for r in results['records'] if r['cost']}
+  assert peaks[('p_tuning_v2', 4)] >= peaks[('p_tuning_v2', 1)]
+  comp = results['compressed']
+  assert comp['prefix_length'] == 4 and len(comp['runs']) == 2
+  for run in comp['runs']:
+    correct = run['scores']['test_accuracy'] * 56  # CB's dev rows
+    assert abs(correct - round(correct)) < 1e-6
+  table = (out / 'table.md').read_text()
+  assert '| ntk_attention | ∞ |' in table and 'compressed' in table
+  assert (out / 'prefix_length.png').stat().st_size > 10000

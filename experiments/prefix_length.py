@@ -1,0 +1,294 @@
+r"""The NTK-Attention paper's claim on real data: score and cost against the
+prefix length m, with NTK-Attention as the m -> infinity point.
+
+  python -m experiments.prefix_length --task=sst2      # MiniLM, dev accuracy
+  python -m experiments.prefix_length --task=e2e_nlg   # SmolLM2, BLEU
+      [--lengths=1,4,16,64,256,1024] [--seeds=3] [--config.KEY=VALUE ...]
+
+P-Tuning v2 and Prefix-Tuning at every m, NTK-Attention, LoRA and the frozen
+model (`none`) as reference lines: each row searched and repeated exactly as
+the main tables do (configs/nlu.py or configs/lm.py sizes, the extending
+learning-rate search, seeds). Each configuration's train-step time and XLA
+peak memory are measured on one training batch. The compressed point: the
+P-Tuning v2 runs at the largest m, fitted into NTK-Attention state by
+`ntk_prefix.compress`, scored like the others. Runs resume; results go to
+experiments/results/prefix_length_<task>/ (results.json, table.md and
+prefix_length.png).
+"""
+import os
+import sys
+
+import numpy as np
+
+from experiments import common, lm, nlu
+from ntk_prefix import atomic, config as config_lib, provenance
+
+PREFIX_METHODS = ('p_tuning_v2', 'prefix_tuning')
+REFERENCES = ('ntk_attention', 'lora', 'none')
+LENGTHS = '1,4,16,64,256,1024'
+WORKDIR = 'workdirs/experiments/prefix_length'
+
+
+def results_folder(task: str) -> str:
+  return f'experiments/results/prefix_length_{task}'
+
+
+class Task:
+  """What differs between the classification and the generation table."""
+
+  def __init__(self, name: str, base: dict):
+    self.name = name
+    self.lm = name not in config_lib.load_file(nlu.CONFIG).TASKS
+    self.table = lm if self.lm else nlu
+    self.module = config_lib.load_file(self.table.CONFIG)
+    self.spec = f'{self.table.CONFIG}:{name}'
+    self.base = base
+    self.metric = 'bleu' if self.lm else 'test_accuracy'
+    self.select = 'eval_loss' if self.lm else 'eval_accuracy'
+    self.higher = not self.lm
+
+  def grid(self, method: str) -> list:
+    return common.grid_for(self.module.get_search_space(self.name), method)
+
+  def score(self, workdir: str, metrics: dict) -> dict:
+    if self.lm:
+      return lm.scores_only(lm.decode_and_score(
+          common.configured(self.spec, self.base), workdir))
+    return {'test_accuracy': metrics['test_accuracy']}
+
+
+def step_cost(task: Task, overrides: dict) -> dict:
+  """Train-step seconds and peak bytes of one configuration, fresh state."""
+  from ntk_prefix import compress, train
+  from ntk_prefix.data import pipeline
+  c = common.configured(task.spec, {**task.base, **overrides})
+  s = train.build(c)
+  seconds, peak = compress.step_cost(s, train.init_method_params(s),
+                                     pipeline.train_batch(
+                                         s.train_ds, 0, c.batch_size, c.seed))
+  return {'step_seconds': seconds, 'peak_bytes': peak}
+
+
+def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
+        log) -> dict:
+  overrides = {} if m is None else {f'method.{method}.length': m}
+  base = {**task.base, **overrides}
+  if method == 'none' and task.lm:
+    record = lm.before_adaptation(task.spec, root, base)
+  else:
+    record = common.tune_and_repeat(
+        task.spec, method, task.grid(method), seeds, root,
+        select=task.select, higher_is_better=task.higher, score=task.score,
+        base=base, log=log, max_extra=max_extra)
+  cost_method = 'ntk_attention' if method == 'none' else method
+  record.update(prefix_length=m, cost=step_cost(
+      task, {'method.name': cost_method, **overrides}) if method != 'none'
+                else None)
+  return record
+
+
+def compressed(task: Task, record: dict, root: str, steps: int,
+               log) -> dict:
+  """The P-Tuning v2 runs of `record` (every seed) compressed into
+  NTK-Attention state, scored as the table scores runs."""
+  from ntk_prefix import compress
+  base = {**task.base, f'method.p_tuning_v2.length': record['prefix_length']}
+  runs = []
+  for run in record['runs']:
+    workdir, _ = common.run_seed(task.spec, root, 'p_tuning_v2',
+                                 record['chosen'], run['seed'], base)
+    out = workdir + '-compressed'
+    config = common.configured(task.spec, {
+        **base, **record['chosen'], 'method.name': 'p_tuning_v2',
+        'seed': run['seed']})
+    report_path = os.path.join(out, 'compress.json')
+    if os.path.exists(report_path):
+      import json
+      with open(report_path) as f:
+        report = json.load(f)
+    else:
+      report = compress.compress(config, os.path.join(workdir, 'final'), out,
+                                 steps=steps, log=log)
+    scores = (task.score(out, {}) if task.lm else
+              {'test_accuracy': report['after']['test_accuracy']})
+    runs.append({'seed': run['seed'], 'scores': scores,
+                 'fitted_error': float(np.mean(
+                     [l['fitted'] for l in report['layers']])),
+                 'closed_form_error': float(np.mean(
+                     [l['closed_form'] for l in report['layers']]))})
+    log(f'  compressed seed {run["seed"]}: {scores}')
+  return {'method': 'p_tuning_v2 compressed', 'prefix_length':
+          record['prefix_length'], 'runs': runs}
+
+
+def render(results: dict) -> str:
+  metric, scale = results['metric'], results['scale']
+  lines = [f"## {results['title']}\n", results['caption'] + '\n',
+           f"Command: `{results['command']}`; commit {results['commit']}; "
+           f"{results['date']}.\n",
+           f"| method | m | {results['metric_label']} (mean ± std) | per "
+           'seed | chosen | runs | train step (s) | peak memory (MB) |',
+           '|---|---:|---:|---|---|---:|---:|---:|']
+  for r in results['records']:
+    vals = [scale * run['scores'][metric] for run in r['runs']]
+    m, s = common.mean_std(vals)
+    cost = r.get('cost') or {}
+    peak = cost.get('peak_bytes')
+    length = ('∞' if r['method'] == 'ntk_attention' else
+              str(r['prefix_length']) if r.get('prefix_length') else '—')
+    chosen = ', '.join(f'{k.split(".")[-1]}={v}'
+                       for k, v in r.get('chosen', {}).items()) or '—'
+    step = cost.get('step_seconds')
+    lines.append(
+        f"| {r['method']} | {length} | **{m:.1f} ± {s:.1f}** | "
+        f"{' / '.join(f'{v:.1f}' for v in vals)} | {chosen}"
+        f"{' (edge)' if r.get('edge') else ''} | "
+        f"{r.get('runs_spent', '—')} | "
+        f"{'—' if step is None else f'{step:.3f}'} | "
+        f"{'—' if peak is None else f'{peak / 2 ** 20:.0f}'} |")
+  comp = results.get('compressed')
+  if comp:
+    vals = [scale * run['scores'][metric] for run in comp['runs']]
+    m, s = common.mean_std(vals)
+    lines.append(
+        f"| {comp['method']} | {comp['prefix_length']} | **{m:.1f} ± {s:.1f}**"
+        f" | {' / '.join(f'{v:.1f}' for v in vals)} | held-out attention "
+        f"error {np.mean([r['fitted_error'] for r in comp['runs']]):.1e} "
+        f"(closed form {np.mean([r['closed_form_error'] for r in comp['runs']]):.1e})"
+        ' | — | at ntk_attention\'s cost | |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  metric, scale = results['metric'], results['scale']
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  memory = right.twinx()
+  stats = lambda r: common.mean_std([scale * x['scores'][metric]
+                                     for x in r['runs']])
+  by = {}
+  for r in results['records']:
+    by.setdefault(r['method'], []).append(r)
+  colors = {'p_tuning_v2': 'tab:blue', 'prefix_tuning': 'tab:orange',
+            'ntk_attention': 'tab:green', 'lora': 'tab:purple',
+            'none': 'tab:gray'}
+  lengths = sorted({r['prefix_length'] for r in results['records']
+                    if r['prefix_length']})
+  for method in PREFIX_METHODS:
+    rows = sorted(by.get(method, []), key=lambda r: r['prefix_length'])
+    if not rows:
+      continue
+    ms = [r['prefix_length'] for r in rows]
+    mean, std = zip(*(stats(r) for r in rows))
+    left.errorbar(ms, mean, yerr=std, marker='o', capsize=3,
+                  color=colors[method], label=method)
+    right.plot(ms, [r['cost']['step_seconds'] for r in rows], marker='o',
+               color=colors[method], label=f'{method}: step time')
+    peaks = [r['cost']['peak_bytes'] for r in rows]
+    if all(p is not None for p in peaks):
+      memory.plot(ms, [p / 2 ** 20 for p in peaks], marker='s', ls=':',
+                  color=colors[method], label=f'{method}: peak memory')
+  for method in REFERENCES:
+    for r in by.get(method, []):
+      mean, std = stats(r)
+      label = {'ntk_attention': 'NTK-Attention (m = ∞)',
+               'none': 'frozen model'}.get(method, method)
+      if method == 'ntk_attention':
+        left.axhspan(mean - std, mean + std, color=colors[method], alpha=0.2)
+      left.axhline(mean, color=colors[method], ls='--', label=label)
+      if r.get('cost'):
+        right.axhline(r['cost']['step_seconds'], color=colors[method],
+                      ls='--', label=f'{label}: step time')
+        if r['cost'].get('peak_bytes') and method == 'ntk_attention':
+          memory.axhline(r['cost']['peak_bytes'] / 2 ** 20,
+                         color=colors[method], ls=':',
+                         label=f'{label}: peak memory')
+  comp = results.get('compressed')
+  if comp:
+    mean, std = common.mean_std([scale * x['scores'][metric]
+                                 for x in comp['runs']])
+    left.errorbar([comp['prefix_length']], [mean], yerr=[std], marker='*',
+                  markersize=14, color='black', ls='none',
+                  label=f"P-Tuning v2 m={comp['prefix_length']}, compressed")
+  for ax in (left, right):
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('prefix length m')
+    if lengths:
+      ax.set_xticks(lengths, [str(m) for m in lengths])
+  left.set_ylabel(results['metric_label'])
+  left.set_title(f"{results['task']}: score against m")
+  right.set_ylabel('train step (s), solid and dashed')
+  memory.set_ylabel('peak memory (MB), dotted')
+  right.set_title('cost against m')
+  left.legend(fontsize=7, loc='best')
+  handles = [h for ax in (right, memory)
+             for h in ax.get_legend_handles_labels()[0]]
+  right.legend(handles, [h.get_label() for h in handles], fontsize=7,
+               loc='upper left')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = common.table_parser(__doc__.split('\n')[0], PREFIX_METHODS, WORKDIR)
+  p.add_argument('--task', default='sst2')
+  p.add_argument('--lengths', default=LENGTHS)
+  p.add_argument('--compress_steps', type=int, default=300)
+  p.add_argument('--max_extra', type=int, default=common.MAX_EXTRA_POINTS)
+  args, base, command = common.parse(p, argv, 'experiments.prefix_length')
+  task = Task(args.task, base)
+  out = args.out or results_folder(args.task)
+  lengths = [int(x) for x in args.lengths.split(',')]
+  log = lambda s: print(s, file=sys.stderr, flush=True)
+  c = common.configured(task.spec, base)
+  results = {
+      'title': f'Score and cost against prefix length: {args.task}',
+      'task': args.task, 'metric': task.metric,
+      'metric_label': 'BLEU' if task.lm else 'dev accuracy (%)',
+      'scale': 100.0, 'seeds': args.seeds, 'records': [],
+      'caption': (
+          f'{c.total_steps} steps × batch {c.batch_size} per run (the main '
+          f'table\'s size); learning rate searched per row on '
+          f'`{c.task.eval_split}` as the main tables do, then '
+          f'{args.seeds} seeds. Train step and peak memory (XLA\'s account) '
+          f'of each configuration on one batch of this machine '
+          f'({provenance.device()}).')}
+  largest = None
+  for method in PREFIX_METHODS:
+    for m in lengths:
+      root = common.run_root(args.workdir, f'{args.task}-m{m}', base)
+      log(f'== {method} m={m}')
+      record = row(task, method, m, root, args.seeds, args.max_extra, log)
+      results['records'].append(record)
+      if method == 'p_tuning_v2' and m == max(lengths):
+        largest = (record, root)
+      write(out, results, command)
+  for method in REFERENCES:
+    log(f'== {method}')
+    root = common.run_root(args.workdir, args.task, base)
+    results['records'].append(row(task, method, None, root, args.seeds,
+                                  args.max_extra, log))
+    write(out, results, command)
+  if largest is not None:
+    log('== P-Tuning v2 at the largest m, compressed')
+    results['compressed'] = compressed(task, largest[0], largest[1],
+                                       args.compress_steps, log)
+  print(write(out, results, command))
+
+
+def write(out: str, results: dict, command: str) -> str:
+  results = {**provenance.stamp(command, exclude=('experiments/results',)),
+             **results}
+  os.makedirs(out, exist_ok=True)
+  atomic.write_json(os.path.join(out, 'results.json'), results)
+  text = render(results)
+  atomic.write_text(os.path.join(out, 'table.md'), text)
+  plot(results, os.path.join(out, 'prefix_length.png'))
+  return text
+
+
+if __name__ == '__main__':
+  main()
