@@ -48,13 +48,26 @@ def config_dict(config) -> dict:
   return flat(json.loads(config.to_json_best_effort()))
 
 
+_ABSENT = '<absent>'
+
+
 def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
-  """{key: (recorded, now)} for the keys that differ and may not."""
+  """{key: (recorded, now)} for the keys that differ and may not. A key the
+  recorded config lacks (a field added to the codebase since) counts only if
+  it is now set to something other than its default."""
+  from ntk_prefix import config as config_lib
   now = config_dict(config)
   rec = flat(recorded)
-  return {k: (rec.get(k, '<absent>'), now.get(k, '<absent>'))
+  defaults = config_dict(config_lib.base_config())
+
+  def same(k):
+    if k not in rec and k in defaults:
+      return now.get(k) == defaults[k]
+    return rec.get(k, _ABSENT) == now.get(k, _ABSENT)
+
+  return {k: (rec.get(k, _ABSENT), now.get(k, _ABSENT))
           for k in sorted(set(rec) | set(now))
-          if rec.get(k) != now.get(k)
+          if not same(k)
           and not any(k == r or (r.endswith('.') and k.startswith(r))
                       for r in resumable)}
 

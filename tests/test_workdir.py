@@ -73,6 +73,15 @@ def test_resumable_fields_may_change(finished_run):
                    checkpoint_every=2, eval_every=2,
                    **{'optimizer.lr': 0.5})
   assert list(workdir_lib.differing_keys(recorded, lr)) == ['optimizer.lr']
+  # A field added to the codebase since the run, at its default, is no
+  # difference; set to something else, it is.
+  older = json.loads(json.dumps(recorded))
+  del older['init_from'], older['method']['preset']
+  same = tiny_config(c.model.path, c.task.prepared_dir, total_steps=4,
+                     checkpoint_every=2, eval_every=2)
+  assert workdir_lib.differing_keys(older, same) == {}
+  same.init_from = '/elsewhere'
+  assert list(workdir_lib.differing_keys(older, same)) == ['init_from']
 
 
 def test_second_live_run_is_refused_and_a_killed_one_leaves_no_lock(
