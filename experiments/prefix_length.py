@@ -15,15 +15,17 @@ P-Tuning v2 runs at the largest m, fitted into NTK-Attention state by
 experiments/results/prefix_length_<task>/ (results.json, table.md and
 prefix_length.png).
 """
+import json
 import os
 import sys
 
 import numpy as np
 
 from experiments import common, lm, nlu
-from ntk_prefix import atomic, config as config_lib, provenance
+from ntk_prefix import atomic, config as config_lib, methods, provenance
 
-PREFIX_METHODS = ('p_tuning_v2', 'prefix_tuning')
+PREFIX_METHODS = methods.PREFIX_METHODS  # every explicit-prefix method
+# The m = infinity point and the reference lines of the figure.
 REFERENCES = ('ntk_attention', 'lora', 'none')
 LENGTHS = '1,4,16,64,256,1024'
 WORKDIR = 'workdirs/experiments/prefix_length'
@@ -69,9 +71,14 @@ def step_cost(task: Task, overrides: dict) -> dict:
   return {'step_seconds': seconds, 'peak_bytes': peak}
 
 
+def _length_key(method: str) -> str:
+  option = methods.REGISTRY[method].prefix_length_option
+  return f'method.{method}.{option}'
+
+
 def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
         log) -> dict:
-  overrides = {} if m is None else {f'method.{method}.length': m}
+  overrides = {} if m is None else {_length_key(method): m}
   base = {**task.base, **overrides}
   if method == 'none' and task.lm:
     record = lm.before_adaptation(task.spec, root, base)
@@ -92,7 +99,7 @@ def compressed(task: Task, record: dict, root: str, steps: int,
   """The P-Tuning v2 runs of `record` (every seed) compressed into
   NTK-Attention state, scored as the table scores runs."""
   from ntk_prefix import compress
-  base = {**task.base, f'method.p_tuning_v2.length': record['prefix_length']}
+  base = {**task.base, _length_key('p_tuning_v2'): record['prefix_length']}
   runs = []
   for run in record['runs']:
     workdir, _ = common.run_seed(task.spec, root, 'p_tuning_v2',
@@ -103,7 +110,6 @@ def compressed(task: Task, record: dict, root: str, steps: int,
         'seed': run['seed']})
     report_path = os.path.join(out, 'compress.json')
     if os.path.exists(report_path):
-      import json
       with open(report_path) as f:
         report = json.load(f)
     else:

@@ -38,9 +38,6 @@ from ntk_prefix.models import layers
 from ntk_prefix.models.transformer import Transformer
 from ntk_prefix.ntk import approximation
 
-EXPLICIT = ('prefix_tuning', 'p_tuning_v2')
-
-
 class CompressError(ValueError):
   """An adapter that compress cannot take."""
 
@@ -55,19 +52,12 @@ def load_adapter(directory: str, model_cfg, frozen_params) -> tuple:
     raise CompressError(
         f'--adapter={directory}: found neither method.json (a best/ or final/ '
         'export of this codebase) nor adapter_config.json (a PEFT adapter).')
-  if method.name not in EXPLICIT:
+  if method.explicit_prefix(params) is None:
     raise CompressError(
         f'--adapter={directory} holds a {method.name} state; compress needs '
-        f'an explicit prefix: {" or ".join(EXPLICIT)} (or a PEFT '
-        'PREFIX_TUNING adapter).')
+        f'an explicit prefix: {" or ".join(methods.PREFIX_METHODS)} (or a '
+        'PEFT PREFIX_TUNING adapter).')
   return method, params
-
-
-def prefix_kv(method, params) -> dict:
-  """{'k', 'v'}: [layers, m, kv_heads, head_dim], in each layer's key space."""
-  if method.name == 'prefix_tuning':
-    return method.materialize(params)
-  return {'k': params['k'], 'v': params['v']}
 
 
 def layer_qkv(cfg, frozen_params, method, params, inputs: dict) -> list:
@@ -135,7 +125,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
   cfg = s.model_cfg
   frozen = jax.tree.map(jnp.asarray, s.frozen_params)
   source, source_params = load_adapter(adapter, cfg, frozen)
-  kv = prefix_kv(source, source_params)
+  kv = source.explicit_prefix(source_params)
   fit_rows = pipeline.train_batch(s.train_ds, 0, rows, config.seed)
   held_out = next(pipeline.eval_batches(s.eval_ds, rows))
   test_mask = held_out['attention_mask'] * held_out['weights'][:, None]

@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Optional
 
-from ntk_prefix import atomic
+from ntk_prefix import atomic, config as config_lib
 
 # Config fields a resumed run may change. total_steps extends (or shortens)
 # the run, and with it the learning-rate schedule of the steps still to run.
@@ -55,7 +55,6 @@ def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
   """{key: (recorded, now)} for the keys that differ and may not. A key the
   recorded config lacks (a field added to the codebase since) counts only if
   it is now set to something other than its default."""
-  from ntk_prefix import config as config_lib
   now = config_dict(config)
   rec = flat(recorded)
   defaults = config_dict(config_lib.base_config())

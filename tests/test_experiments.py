@@ -395,9 +395,11 @@ def test_prefix_length_command(tiny_encoder, tmp_path):
       '--config.eval_batch_size=32', '--config.task.max_length=32'])
   results = json.loads((out / 'results.json').read_text())
   rows = [(r['method'], r['prefix_length']) for r in results['records']]
-  assert rows == [('p_tuning_v2', 1), ('p_tuning_v2', 4),
-                  ('prefix_tuning', 1), ('prefix_tuning', 4),
-                  ('ntk_attention', None), ('lora', None), ('none', None)]
+  assert set(prefix_length.PREFIX_METHODS) == {'p_tuning_v2',
+                                               'prefix_tuning'}
+  assert rows == [(m, length) for m in prefix_length.PREFIX_METHODS
+                  for length in (1, 4)] + [
+                      ('ntk_attention', None), ('lora', None), ('none', None)]
   for r in results['records']:
     assert len(r['runs']) == 2
     if r['method'] != 'none':

@@ -16,6 +16,9 @@ REGISTRY = {cls.name: cls for cls in (
     lora.Lora, full.Full, none.NoMethod)}
 
 NAMES = tuple(REGISTRY)
+# Methods that attend to an explicit key/value prefix of a set length.
+PREFIX_METHODS = tuple(n for n, cls in REGISTRY.items()
+                       if cls.prefix_length_option)
 
 
 def get(name: str, model_cfg: ModelConfig,
@@ -75,5 +78,5 @@ def default_options() -> dict:
           for name, cls in REGISTRY.items()}
 
 
-__all__ = ['REGISTRY', 'NAMES', 'Method', 'MethodError', 'get', 'from_config',
+__all__ = ['REGISTRY', 'NAMES', 'PREFIX_METHODS', 'Method', 'MethodError', 'get', 'from_config',
            'default_options', 'count_params']

@@ -73,6 +73,14 @@ class Method(Adapter):
   # decay must not shrink; biases and norm scales are never decayed anyway.
   no_decay: ClassVar[tuple] = ()
   presets: ClassVar[dict] = {}  # name -> Preset
+  # The option holding the length of an explicit key/value prefix, for the
+  # methods that attend to one ('' otherwise): length sweeps, compression.
+  prefix_length_option: ClassVar[str] = ''
+
+  def explicit_prefix(self, method_params) -> Optional[dict]:
+    """{'k', 'v'} [layers, m, kv_heads, head_dim] of the explicit prefix
+    in each layer's key space, or None for methods without one."""
+    return None
 
   @classmethod
   def resolve_options(cls, opts, tokenizer):

@@ -70,6 +70,10 @@ def prefix_hook(method, k, v, layer, train, rng) -> LayerHook:
 class PTuningV2(base.Method):
   name = 'p_tuning_v2'
   presets = PRESETS
+  prefix_length_option = 'length'
+
+  def explicit_prefix(self, method_params):
+    return {'k': method_params['k'], 'v': method_params['v']}
   Options = Options
 
   def validate(self):

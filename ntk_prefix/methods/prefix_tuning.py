@@ -54,6 +54,10 @@ class PrefixTuning(base.Method):
   name = 'prefix_tuning'
   Options = Options
   presets = PRESETS
+  prefix_length_option = 'length'
+
+  def explicit_prefix(self, method_params):
+    return self.materialize(method_params)
 
   @classmethod
   def resolve_options(cls, opts, tokenizer):
