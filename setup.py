@@ -8,10 +8,13 @@ setup(
     'LoPA, IAPT, LoRA and full fine-tuning on frozen transformers (JAX/Flax).',
     packages=find_packages(include=['ntk_prefix', 'ntk_prefix.*']),
     python_requires='>=3.10,<3.14',
-    # Ranges tested here (a clean install resolves jax 0.10.2 / flax 0.12.8;
-    # newer jax removed an API flax still used).
+    # Tested here on Python 3.11 (a clean install resolves jax 0.10.2 / flax
+    # 0.12.8). jax >= 0.11 needs Python >= 3.12, where the current releases
+    # are admitted (jax 0.12, flax 0.12.12); version differences are handled
+    # in ntk_prefix/compat.py.
     install_requires=[
-        'jax>=0.9,<0.11',
+        'jax>=0.9,<0.11; python_version<"3.12"',
+        'jax>=0.9,<0.13; python_version>="3.12"',
         'flax>=0.12,<0.13',
         'optax>=0.2.5,<0.3',
         'orbax-checkpoint>=0.11,<0.13',

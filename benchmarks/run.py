@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks import harness, report
+from benchmarks import compile_time, harness, report
 from ntk_prefix import provenance
 
 METHODS = ('ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
@@ -208,7 +208,11 @@ def sweep_mixed(model: str, adapters: int, rows_each: int, length: int,
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--sweeps', default='methods,prefix_length,peer,mixed')
+  p.add_argument('--sweeps', default='methods,prefix_length,peer,mixed',
+                 help='comma-separated: methods, prefix_length, peer, mixed, '
+                 'and compile (compile time against depth, unrolled against '
+                 'scanned layers: benchmarks/compile_time.py, written to '
+                 'compile_time.md beside the other results)')
   p.add_argument('--encoder', default='minilm')
   p.add_argument('--decoder', default='smollm2')
   p.add_argument('--repeats', type=int, default=3)
@@ -238,6 +242,9 @@ def main(argv=None):
   # Results are written after every sweep, so a failure keeps the rest.
   for name in sweeps:
     print(name, flush=True)
+    if name == 'compile':  # its own table; no rows in latest.json
+      compile_time.main([f'--out={args.out}'])
+      continue
     rows = [r for r in rows if r['sweep'] != name]
     if name == 'methods':
       rows += sweep_methods(args.encoder, 32, args.seq_len, args.repeats, rate)
@@ -252,7 +259,7 @@ def main(argv=None):
       rows += sweep_mixed(args.encoder, 4, 8, args.seq_len, args.repeats)
     else:
       raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
-                       'prefix_length, peer, mixed.')
+                       'prefix_length, peer, mixed, compile.')
     stamp = dict(command=command, commit=provenance.git_commit(('benchmarks/results',)),
                  date=datetime.date.today().isoformat())
     rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]

@@ -13,6 +13,7 @@ from typing import Optional
 import ml_collections
 
 from ntk_prefix import methods
+from ntk_prefix.models import fused
 
 
 def default_manual_dir() -> str:
@@ -35,8 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
   # method, e.g. written by `python -m ntk_prefix.compress`); '' = init.
   c.init_from = ''
   # 'minilm' / 'smollm2' name the embedded checkpoints; else a folder or .gguf.
-  c.model = ml_collections.ConfigDict(dict(path='minilm', dtype='float32',
-                                           remat=''))
+  # attention_impl: 'xla' (reference, CPU), 'cudnn', 'pallas' or 'auto'
+  # (models/fused.py); scan_layers: one scanned block over stacked layer
+  # params, so compile time stays flat in depth (same numbers as unrolled).
+  c.model = ml_collections.ConfigDict(dict(
+      path='minilm', dtype='float32', remat='', attention_impl='xla',
+      scan_layers=False))
   c.task = ml_collections.ConfigDict(dict(
       name='sst2',
       data_dir='',  # manual dir with the original files ('' = default)
@@ -164,6 +169,11 @@ def validate(config) -> None:
   if dtype not in ('float32', 'bfloat16'):
     raise ValueError(f"model.dtype={dtype!r} is not supported; use 'float32' "
                      "or 'bfloat16' (the frozen weights' compute type).")
+  impl = config.model.get('attention_impl', 'xla')
+  if impl not in fused.IMPLS:
+    raise ValueError(f'model.attention_impl={impl!r} is not one of '
+                     f'{fused.IMPLS}: xla (the reference), cudnn (GPU, '
+                     f'bfloat16), pallas (flash kernel) or auto.')
   name = config.method.name
   if name not in methods.REGISTRY:
     raise methods.MethodError(

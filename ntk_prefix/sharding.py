@@ -3,9 +3,10 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ntk_prefix.checkpoints.names import flatten, unflatten
+from ntk_prefix.compat import AxisType
 
 
 def make_mesh(mesh_config) -> jax.sharding.Mesh:

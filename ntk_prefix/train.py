@@ -134,7 +134,9 @@ def loss_and_metrics(method_params, frozen_params, batch, rng, *, s: Setup,
                          'loss_targets', 'loss_weights')}
   out = models.apply(s.model_cfg, frozen_params, method_params, inputs,
                      adapter=s.method, train=train, rng=rng,
-                     remat=s.config.model.remat, lm_logits=False)
+                     remat=s.config.model.remat, lm_logits=False,
+                     attention_impl=s.config.model.attention_impl,
+                     scan_layers=s.config.model.scan_layers)
   weights = batch.get('weights')
   if s.kind == 'generation':  # the LM head at the loss positions only
     h = lm_loss.gather_rows(out['hidden'], batch['loss_positions'])
@@ -164,13 +166,16 @@ def place_frozen(s: Setup):
   """(frozen params in config.model.dtype laid out on the mesh, their
   shardings): what every step reads."""
   dtype = jnp.bfloat16 if s.config.model.dtype == 'bfloat16' else jnp.float32
+  params = s.frozen_params
+  if s.config.model.scan_layers:  # stacked once here, not in every step
+    params = models.stack_layers(params, s.model_cfg.num_layers)
   frozen_sharding = sharding.frozen_shardings(
-      s.frozen_params, s.config.sharding.frozen_rules, s.mesh)
+      params, s.config.sharding.frozen_rules, s.mesh)
   # Each process converts and places only the shards its devices hold.
   frozen = jax.tree.map(
       lambda x, sh: jax.make_array_from_callback(
           np.shape(x), sh, lambda idx: np.asarray(x[idx], dtype)),
-      s.frozen_params, frozen_sharding)
+      params, frozen_sharding)
   return frozen, frozen_sharding
 
 

@@ -25,8 +25,8 @@ from ntk_prefix import atomic, config as config_lib
 # the run, and with it the learning-rate schedule of the steps still to run.
 RESUMABLE = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every',
              'max_to_keep', 'async_checkpoints', 'progress', 'eval_batch_size',
-             'task.data_dir', 'task.prepared_dir', 'model.remat', 'mesh.',
-             'sharding.')
+             'task.data_dir', 'task.prepared_dir', 'model.remat',
+             'model.attention_impl', 'model.scan_layers', 'mesh.', 'sharding.')
 
 
 class WorkdirError(RuntimeError):

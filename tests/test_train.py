@@ -192,6 +192,21 @@ def test_accumulation_bfloat16_and_remat_train(tiny_encoder, prepared_dir,
   assert np.isfinite(metrics['eval_loss'])
 
 
+def test_scanned_layers_and_pallas_attention_train_alike(tiny_encoder,
+                                                         prepared_dir,
+                                                         tmp_path):
+  """model.scan_layers and model.attention_impl change how, not what: the
+  same run's losses agree with the unrolled xla run's."""
+  runs = {}
+  for name, extra in (('plain', {}), ('scan', {'model.scan_layers': True}),
+                      ('pallas', {'model.attention_impl': 'pallas'})):
+    c = tiny_config(tiny_encoder, prepared_dir, total_steps=4, **extra)
+    train.train_and_evaluate(c, str(tmp_path / name))
+    runs[name] = losses(str(tmp_path / name))
+  np.testing.assert_allclose(runs['scan'], runs['plain'], rtol=1e-4)
+  np.testing.assert_allclose(runs['pallas'], runs['plain'], rtol=1e-4)
+
+
 def test_generation_task_on_a_decoder(hf_checkpoint, prepared_dir, tmp_path,
                                       capsys):
   """GSM8K as language modelling: loss on the answer tokens only; then the

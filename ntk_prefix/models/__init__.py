@@ -6,16 +6,23 @@ import jax
 from ntk_prefix.models.config import ModelConfig
 from ntk_prefix.models.heads import classifier_logits, init_classifier_head
 from ntk_prefix.models.hooks import NO_ADAPTER, Adapter
-from ntk_prefix.models.transformer import Transformer
+from ntk_prefix.models.transformer import (Transformer, stack_layers,
+                                           unstack_layers)
 
 
 def apply(cfg: ModelConfig, frozen_params: Any, method_params: Any,
           inputs: dict, *, adapter: Adapter = NO_ADAPTER, train: bool = False,
           rng: Optional[jax.Array] = None, remat: str = '',
-          lm_logits: bool = True) -> dict:
-  """Forward pass. `method_params` is the method's pytree ({} for none)."""
+          lm_logits: bool = True, attention_impl: str = 'xla',
+          scan_layers: bool = False) -> dict:
+  """Forward pass. `method_params` is the method's pytree ({} for none).
+  With scan_layers the layers' params may come stacked (`stack_layers`,
+  done once where the frozen params are placed) or per layer."""
   params = adapter.backbone_params(frozen_params, method_params)
-  module = Transformer(cfg, adapter, remat=remat, lm_logits=lm_logits)
+  if scan_layers:
+    params = stack_layers(params, cfg.num_layers)
+  module = Transformer(cfg, adapter, remat=remat, lm_logits=lm_logits,
+                       attention_impl=attention_impl, scan_layers=scan_layers)
   return module.apply({'params': params}, method_params, inputs, train, rng)
 
 
@@ -41,4 +48,5 @@ def dummy_inputs(cfg: ModelConfig, batch: int = 1, length: int = 4) -> dict:
 
 __all__ = ['ModelConfig', 'Adapter', 'NO_ADAPTER', 'Transformer', 'apply',
            'init_params', 'param_shapes', 'dummy_inputs',
-           'init_classifier_head', 'classifier_logits']
+           'init_classifier_head', 'classifier_logits', 'stack_layers',
+           'unstack_layers']

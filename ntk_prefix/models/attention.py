@@ -4,15 +4,22 @@ Everything here is a plain function of arrays. The softmax is computed in a
 log-sum-exp form that treats the NTK-Attention term as one extra "key" whose
 log-weight is log(phi(q) . |k|), so it stays finite for large logits and in
 bfloat16 (the official code divides by exp(max logit), which overflows).
+
+Precision: the matmuls take q, k, v in their own dtype (bfloat16 under
+`model.dtype=bfloat16`) and accumulate in float32; the softmax statistics,
+phi(q), the NTK sums and the output normalisation are float32.
 """
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from ntk_prefix.models import fused, prefix_chunks
 from ntk_prefix.models.hooks import NtkState
 
 Array = jax.Array
+F32 = jnp.float32
+mm = prefix_chunks.mm  # bf16 operands, float32 accumulation
 
 
 def feature_map(x: Array, projection: Optional[Array] = None) -> Array:
@@ -68,7 +75,7 @@ def attend(q: Array, k: Array, v: Array, *, key_mask: Optional[Array],
            prefix_mask: Optional[Array] = None,
            ntk: Optional[NtkState] = None,
            query_key_mask: Optional[Array] = None,
-           prefix_chunk: int = PREFIX_CHUNK) -> Array:
+           prefix_chunk: int = PREFIX_CHUNK, impl: str = 'xla') -> Array:
   """Attention of q over (prefix, k) plus the NTK infinite-prefix term.
 
   Args:
@@ -83,6 +90,8 @@ def attend(q: Array, k: Array, v: Array, *, key_mask: Optional[Array],
     query_key_mask: optional [batch, q_len, k_len] bool, replaces `causal`
       (used by the KV-cache decoder, whose keys are slots, not positions).
     prefix_chunk: prefixes longer than this go through the chunked path.
+    impl: 'xla', 'cudnn', 'pallas' or 'auto' (see models/fused.py); the
+      KV-cache decoder always takes the xla path.
 
   Returns:
     [batch, q_len, heads, head_dim] in q's dtype.
@@ -91,90 +100,121 @@ def attend(q: Array, k: Array, v: Array, *, key_mask: Optional[Array],
   kv_heads = k.shape[2]
   if heads % kv_heads:
     raise ValueError(f'heads={heads} is not a multiple of kv_heads={kv_heads}')
-  groups = heads // kv_heads
-  out_dtype = q.dtype
-  # Heads-major layouts ([b, h, g, q, d]) let XLA:CPU emit plain batched
-  # matmuls; the sequence-major einsums were 3x slower there.
-  qg = jnp.transpose(q.astype(jnp.float32).reshape(
-      batch, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-
-  mask = jnp.ones((batch, q_len, k.shape[1]), bool)
-  if key_mask is not None:
-    mask = mask & key_mask[:, None, :].astype(bool)
-  if query_key_mask is not None:
-    mask = mask & query_key_mask
-  elif causal:
-    mask = mask & causal_mask(q_len, k.shape[1])[None]
-  chunked = prefix_k is not None and prefix_k.shape[1] > prefix_chunk
+  impl = 'xla' if query_key_mask is not None else fused.resolve(impl, q.dtype)
+  chunked = (impl == 'xla' and prefix_k is not None and
+             prefix_k.shape[1] > prefix_chunk)
+  key_valid = (jnp.ones((batch, k.shape[1]), bool) if key_mask is None else
+               key_mask.astype(bool))
   if prefix_k is not None and not chunked:
-    m = prefix_k.shape[1]
-    prefix_k = jnp.broadcast_to(prefix_k, (batch,) + prefix_k.shape[1:])
-    prefix_v = jnp.broadcast_to(prefix_v, (batch,) + prefix_v.shape[1:])
-    k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=1)
-    v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=1)
-    pmask = (jnp.ones((batch, m), bool) if prefix_mask is None else
-             jnp.broadcast_to(prefix_mask.astype(bool), (batch, m)))
-    mask = jnp.concatenate(
-        [jnp.broadcast_to(pmask[:, None, :], (batch, q_len, m)), mask], axis=2)
-
-  kt = jnp.transpose(k.astype(jnp.float32), (0, 2, 1, 3))  # [b, h, k, d]
-  vt = jnp.transpose(v.astype(jnp.float32), (0, 2, 1, 3))
-  # [batch, kv_heads, groups, q_len, k_len]
-  logits = jnp.einsum('bhgqd,bhkd->bhgqk', qg, kt)
-  logits = logits / jnp.sqrt(jnp.float32(head_dim))
-  logits = jnp.where(mask[:, None, None, :, :], logits, -jnp.inf)
-  row_max = jnp.max(logits, axis=-1)  # [b, h, g, q]
-
+    k, v, key_valid = _prepend(k, v, key_valid, prefix_k, prefix_v,
+                               prefix_mask)
+  qg = _grouped(q, kv_heads)  # [b, h, g, q, d]
+  terms = []  # (kind, peak, a, b); see _merge
+  if impl == 'xla':
+    mask = key_valid[:, None, :]
+    if query_key_mask is not None:  # over the cache slots: prefix rows
+      extra = k.shape[1] - query_key_mask.shape[-1]  # are always visible
+      mask = mask & jnp.pad(query_key_mask, ((0, 0), (0, 0), (extra, 0)),
+                            constant_values=True)
+    elif causal:
+      mask = mask & causal_mask(q_len, k.shape[1])[None]
+    terms.append(_softmax_sums(qg, k, v, mask))
+  elif ntk is None:  # the kernel's output is the answer, its gradient exact
+    return fused.attention(q, k, v, key_valid, causal, impl).astype(q.dtype)
+  else:
+    o, lse = fused.with_lse(q, k, v, key_valid, causal, impl)
+    o, lse = _grouped(o, kv_heads), _grouped(lse[..., None], kv_heads)[..., 0]
+    terms.append(('shifted', lse, jnp.ones_like(lse), o.astype(F32)))
   if chunked:
-    p_max, p_den, p_num = _prefix_online(qg, prefix_k, prefix_v, prefix_mask,
-                                         prefix_chunk)
-    row_max = jnp.maximum(row_max, p_max)
+    terms.append(('shifted',) + prefix_chunks.online_sums(
+        qg, prefix_k, prefix_v, prefix_mask, prefix_chunk))
   if ntk is not None:
-    phi_q = feature_map(qg, ntk.projection)  # [b, h, g, q, r]
-    if ntk.phi_mask is not None:
-      mask_phi = ntk.phi_mask.astype(jnp.float32).reshape(
-          batch, q_len, kv_heads, groups, -1)
-      phi_q = phi_q * jnp.transpose(mask_phi, (0, 2, 3, 1, 4))
-    features = phi_q.shape[-1]
-    if ntk.z.ndim == 4:  # one state per row (mixed batches)
-      z = ntk.z.astype(jnp.float32).reshape(batch, kv_heads, groups, features,
-                                            head_dim)
-      k_abs = jnp.abs(ntk.k.astype(jnp.float32)).reshape(batch, kv_heads,
-                                                          groups, features)
-      ntk_num = jnp.einsum('bhgqr,bhgrd->bhgqd', phi_q, z)
-      ntk_den = jnp.einsum('bhgqr,bhgr->bhgq', phi_q, k_abs)
-    else:
-      z = ntk.z.astype(jnp.float32).reshape(kv_heads, groups, features,
-                                            head_dim)
-      k_abs = jnp.abs(ntk.k.astype(jnp.float32)).reshape(kv_heads, groups,
-                                                          features)
-      ntk_num = jnp.einsum('bhgqr,hgrd->bhgqd', phi_q, z)
-      ntk_den = jnp.einsum('bhgqr,hgr->bhgq', phi_q, k_abs)  # >= 0
-    # The NTK term behaves as one extra key of log-weight log(ntk_den).
-    row_max = jnp.maximum(row_max, jnp.log(ntk_den))
-
-  # The shift cancels between numerator and denominator: no gradient through
-  # it (which also keeps log(0) out of the backward pass for zero-init k).
-  row_max = jax.lax.stop_gradient(
-      jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-  weights = jnp.exp(logits - row_max[..., None])  # masked -> exp(-inf) = 0
-  num = jnp.einsum('bhgqk,bhkd->bhgqd', weights, vt)
-  den = jnp.sum(weights, axis=-1)
-  if chunked:
-    scale = jnp.exp(p_max - row_max)
-    num = num + p_num * scale[..., None]
-    den = den + p_den * scale
-  if ntk is not None:
-    # exp(-row_max) overflows once every logit of a query is below about -88;
-    # a zero NTK term must then add exactly zero, not 0 * inf = NaN.
-    scale = jnp.exp(-row_max)
-    num = num + _times(ntk_num, scale[..., None])
-    den = den + _times(ntk_den, scale)
-  # A query with nothing to attend to (padding) gets zeros, not NaN.
-  out = num / jnp.where(den > 0, den, 1.0)[..., None]
+    terms.append(_ntk_sums(qg, ntk, batch))
+  out = _merge(terms)  # [b, h, g, q, d]
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, q_len, heads,
                                                     head_dim)
-  return out.astype(out_dtype)
+  return out.astype(q.dtype)
+
+
+def _grouped(x: Array, kv_heads: int) -> Array:
+  """[b, q, heads, d] -> [b, kv_heads, groups, q, d]: heads-major layouts
+  let XLA:CPU emit plain batched matmuls (the sequence-major einsums were
+  3x slower there)."""
+  b, t, heads, d = x.shape
+  return jnp.transpose(x.reshape(b, t, kv_heads, heads // kv_heads, d),
+                       (0, 2, 3, 1, 4))
+
+
+def _prepend(k, v, key_valid, prefix_k, prefix_v, prefix_mask) -> tuple:
+  """A short explicit prefix as extra key/value rows before the keys."""
+  batch, m = k.shape[0], prefix_k.shape[1]
+  prefix_k = jnp.broadcast_to(prefix_k, (batch,) + prefix_k.shape[1:])
+  prefix_v = jnp.broadcast_to(prefix_v, (batch,) + prefix_v.shape[1:])
+  rows = (jnp.ones((batch, m), bool) if prefix_mask is None else
+          jnp.broadcast_to(prefix_mask.astype(bool), (batch, m)))
+  return (jnp.concatenate([prefix_k.astype(k.dtype), k], axis=1),
+          jnp.concatenate([prefix_v.astype(v.dtype), v], axis=1),
+          jnp.concatenate([rows, key_valid], axis=1))
+
+
+def _softmax_sums(qg, k, v, mask) -> tuple:
+  """The keys' term: float32 logits of operands in their own dtype; the
+  weights are left unshifted here (`_merge` shifts them once)."""
+  kt = jnp.transpose(k, (0, 2, 1, 3))  # [b, h, k, d]
+  logits = mm('bhgqd,bhkd->bhgqk', qg, kt) / jnp.sqrt(F32(qg.shape[-1]))
+  logits = jnp.where(mask[:, None, None, :, :], logits, -jnp.inf)
+  return ('keys', jnp.max(logits, axis=-1), logits,
+          jnp.transpose(v, (0, 2, 1, 3)))
+
+
+def _ntk_sums(qg, ntk: NtkState, batch: int) -> tuple:
+  """NTK-Attention's term: num = phi(q) Z, den = phi(q) |k| (float32), with
+  peak log(den), the log-weight of the one extra 'key' it acts as."""
+  _, kv_heads, groups, q_len, head_dim = qg.shape
+  phi_q = feature_map(qg, ntk.projection)  # [b, h, g, q, r]
+  if ntk.phi_mask is not None:
+    mask_phi = ntk.phi_mask.astype(F32).reshape(batch, q_len, kv_heads,
+                                                groups, -1)
+    phi_q = phi_q * jnp.transpose(mask_phi, (0, 2, 3, 1, 4))
+  features = phi_q.shape[-1]
+  lead = (batch,) if ntk.z.ndim == 4 else ()  # one state per row (mixed)
+  z = ntk.z.astype(F32).reshape(lead + (kv_heads, groups, features, head_dim))
+  k_abs = jnp.abs(ntk.k.astype(F32)).reshape(lead + (kv_heads, groups,
+                                                     features))
+  s = 'b' if lead else ''
+  num = jnp.einsum(f'bhgqr,{s}hgrd->bhgqd', phi_q, z)
+  den = jnp.einsum(f'bhgqr,{s}hgr->bhgq', phi_q, k_abs)  # >= 0
+  return ('ntk', jnp.log(den), num, den)
+
+
+def _merge(terms: list) -> Array:
+  """Normalised attention from its terms under one shift M, the largest
+  peak. The shift cancels between numerator and denominator: no gradient
+  through it (which also keeps log(0) out of the backward pass for a
+  zero-init k). Terms: ('keys', peak, logits, values [b, h, k, d]);
+  ('shifted', peak, den, num), sums already shifted by their peak; ('ntk',
+  peak, num, den), unshifted sums."""
+  peak = terms[0][1]
+  for _, p, _, _ in terms[1:]:
+    peak = jnp.maximum(peak, p)
+  shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+  num = den = 0.0
+  for kind, p, a, b in terms:
+    if kind == 'ntk':  # exp(-shift) overflows once every logit of a query
+      # is below about -88; a zero state must then add exactly zero.
+      scale = jnp.exp(-shift)
+      num = num + _times(a, scale[..., None])
+      den = den + _times(b, scale)
+    elif kind == 'keys':
+      weights = jnp.exp(a - shift[..., None])  # masked -> exp(-inf) = 0
+      num = num + mm('bhgqk,bhkd->bhgqd', weights.astype(b.dtype), b)
+      den = den + jnp.sum(weights, axis=-1)
+    else:  # 'shifted'
+      scale = jnp.exp(p - shift)
+      num = num + b * scale[..., None]
+      den = den + a * scale
+  # A query with nothing to attend to (padding) gets zeros, not NaN.
+  return num / jnp.where(den > 0, den, 1.0)[..., None]
 
 
 @jax.custom_jvp
@@ -188,107 +228,3 @@ def _times(x: Array, scale: Array) -> Array:
 def _times_jvp(primals, tangents):
   (x, scale), (x_dot, scale_dot) = primals, tangents
   return _times(x, scale), x_dot * scale + _times(x, scale_dot)
-
-
-def _prefix_online(qg: Array, prefix_k: Array, prefix_v: Array,
-                   prefix_mask: Optional[Array], chunk: int) -> tuple:
-  """Online-softmax attention of qg [b, h, g, q, d] over a long prefix.
-
-  Returns (max, den, num): a running max [b, h, g, q] (no gradient) and the
-  sums of exp(logit - max) and exp(logit - max) v over the prefix rows.
-  """
-  pb, m, kv_heads, head_dim = prefix_k.shape
-  n = -(-m // chunk)
-  pad = n * chunk - m
-  pmask = (jnp.ones((1, m), bool) if prefix_mask is None else
-           prefix_mask.astype(bool))
-
-  def chunks(x):  # [pb, m, h, d] -> [n, pb, h, chunk, d]
-    x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, pad), (0, 0), (0, 0)))
-    return jnp.transpose(x.reshape(pb, n, chunk, kv_heads, head_dim),
-                         (1, 0, 3, 2, 4))
-
-  mask_chunks = jnp.transpose(jnp.pad(pmask, ((0, 0), (0, pad))).reshape(
-      pmask.shape[0], n, chunk), (1, 0, 2))
-  return _prefix_sums(qg, chunks(prefix_k), chunks(prefix_v), mask_chunks)
-
-
-def _chunk_logits(qg, k_c, m_c):
-  """[b, h, g, q, c] scaled logits of one chunk, -inf where masked."""
-  scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
-  if k_c.shape[0] == 1:  # one prefix for the batch: a single larger matmul
-    logits = jnp.einsum('bhgqd,hcd->bhgqc', qg, k_c[0])
-  else:
-    logits = jnp.einsum('bhgqd,bhcd->bhgqc', qg, k_c)
-  return jnp.where(m_c[:, None, None, None, :], logits * scale, -jnp.inf)
-
-
-def _rows(w, x, shared: bool):
-  """sum over (b,) g, q of w [b,h,g,q,c] x [b,h,g,q,d] -> [pb, h, c, d]."""
-  if shared:
-    return jnp.einsum('bhgqc,bhgqd->hcd', w, x)[None]
-  return jnp.einsum('bhgqc,bhgqd->bhcd', w, x)
-
-
-def _apply_rows(w, rows):
-  """w [b,h,g,q,c] times rows [pb, h, c, d] -> [b, h, g, q, d]."""
-  if rows.shape[0] == 1:
-    return jnp.einsum('bhgqc,hcd->bhgqd', w, rows[0])
-  return jnp.einsum('bhgqc,bhcd->bhgqd', w, rows)
-
-
-def _prefix_sums_forward(qg, k_chunks, v_chunks, mask_chunks):
-  def step(carry, xs):
-    run_max, den, num = carry
-    k_c, v_c, m_c = xs
-    logits = _chunk_logits(qg, k_c, m_c)
-    new_max = jnp.maximum(run_max, jnp.max(logits, -1))
-    w = jnp.exp(logits - new_max[..., None])
-    decay = jnp.exp(run_max - new_max)
-    return (new_max, den * decay + jnp.sum(w, -1),
-            num * decay[..., None] + _apply_rows(w, v_c)), None
-
-  # A finite start keeps exp(run_max - new_max) free of inf - inf.
-  init = (jnp.full(qg.shape[:-1], -1e30, jnp.float32),
-          jnp.zeros(qg.shape[:-1], jnp.float32), jnp.zeros_like(qg))
-  out, _ = jax.lax.scan(step, init, (k_chunks, v_chunks, mask_chunks))
-  return out
-
-
-@jax.custom_vjp
-def _prefix_sums(qg, k_chunks, v_chunks, mask_chunks):
-  return _prefix_sums_forward(qg, k_chunks, v_chunks, mask_chunks)
-
-
-def _prefix_sums_fwd(qg, k_chunks, v_chunks, mask_chunks):
-  out = _prefix_sums_forward(qg, k_chunks, v_chunks, mask_chunks)
-  return out, (qg, k_chunks, v_chunks, mask_chunks, out[0])
-
-
-def _prefix_sums_bwd(residuals, cotangents):
-  """FlashAttention-style backward: each chunk's weights are recomputed from
-  the final max, so nothing of size m x q is ever stored. The max is a shift
-  that cancels downstream (the caller treats it as a constant)."""
-  qg, k_chunks, v_chunks, mask_chunks, final_max = residuals
-  _, d_den, d_num = cotangents
-  shared = k_chunks.shape[1] == 1
-  scale = 1.0 / jnp.sqrt(jnp.float32(qg.shape[-1]))
-
-  def step(d_q, xs):
-    k_c, v_c, m_c = xs
-    w = jnp.exp(_chunk_logits(qg, k_c, m_c) - final_max[..., None])
-    d_v = _rows(w, d_num, shared)
-    if shared:
-      d_w = d_den[..., None] + jnp.einsum('bhgqd,hcd->bhgqc', d_num, v_c[0])
-    else:
-      d_w = d_den[..., None] + jnp.einsum('bhgqd,bhcd->bhgqc', d_num, v_c)
-    d_logits = w * d_w * scale
-    d_q = d_q + _apply_rows(d_logits, k_c)
-    return d_q, (_rows(d_logits, qg, shared), d_v)
-
-  d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros_like(qg),
-                                 (k_chunks, v_chunks, mask_chunks))
-  return d_q, d_k, d_v, None
-
-
-_prefix_sums.defvjp(_prefix_sums_fwd, _prefix_sums_bwd)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ntk_prefix.models import attention
+from ntk_prefix.models import attention, precision
 from ntk_prefix.models.config import ModelConfig
 from ntk_prefix.models.hooks import LayerHook
 
@@ -52,6 +52,12 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
+def dense(features: int, use_bias: bool, name: str) -> nn.Dense:
+  """nn.Dense with float32 accumulation of 16-bit operands."""
+  return nn.Dense(features, use_bias=use_bias, name=name,
+                  dot_general=precision.dot_general)
+
+
 class Projection(nn.Module):
   """Dense layer that adds the method's low-rank delta when it has one."""
   features: int
@@ -59,7 +65,7 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x, lora=None):
-    y = nn.Dense(self.features, use_bias=self.use_bias, name='dense')(x)
+    y = dense(self.features, self.use_bias, 'dense')(x)
     if lora is not None:
       y = y + lora.scale * ((x @ lora.a.astype(x.dtype)) @
                             lora.b.astype(x.dtype))
@@ -68,6 +74,7 @@ class Projection(nn.Module):
 
 class SelfAttention(nn.Module):
   cfg: ModelConfig
+  impl: str = 'xla'  # models/fused.py
 
   @nn.compact
   def __call__(self, x, key_mask, positions, hook: LayerHook, normed_prefix,
@@ -112,7 +119,7 @@ class SelfAttention(nn.Module):
                         (index + jnp.arange(t))[:, None])[None]
     out = attention.attend(q, k, v, key_mask=key_mask, causal=cfg.causal,
                            prefix_k=prefix_k, prefix_v=prefix_v, ntk=hook.ntk,
-                           query_key_mask=query_key_mask)
+                           query_key_mask=query_key_mask, impl=self.impl)
     out = Projection(cfg.hidden_size, cfg.attn_bias, name='out')(
         out.reshape(b, t, heads * hd), lora.get('out'))
     return out if cache is None else (out, {'k': k, 'v': v})
@@ -125,19 +132,19 @@ class Mlp(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
     act = ACTIVATIONS[cfg.activation]
-    up = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name='up')(x)
+    up = dense(cfg.intermediate_size, cfg.mlp_bias, 'up')(x)
     if cfg.gated_mlp:
-      gate = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias,
-                      name='gate')(x)
+      gate = dense(cfg.intermediate_size, cfg.mlp_bias, 'gate')(x)
       h = act(gate) * up
     else:
       h = act(up)
-    return nn.Dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name='down')(h)
+    return dense(cfg.hidden_size, cfg.mlp_bias, 'down')(h)
 
 
 class Block(nn.Module):
   """One transformer layer: pre-norm (GPT-2, LLaMA, ViT) or post-norm (BERT)."""
   cfg: ModelConfig
+  impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, key_mask, positions, hook: LayerHook,
@@ -153,7 +160,7 @@ class Block(nn.Module):
         out, new_cache = out
       return out
 
-    attn = SelfAttention(cfg, name='attn')
+    attn = SelfAttention(cfg, self.impl, name='attn')
     attn_norm = make_norm(cfg, 'attn_norm')
     mlp_norm = make_norm(cfg, 'mlp_norm')
     prefix_hidden = hook.prefix_hidden

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntk_prefix.models import heads, layers
 from ntk_prefix.models.config import ModelConfig
@@ -30,6 +31,10 @@ class Transformer(nn.Module):
   adapter: Adapter = NO_ADAPTER
   remat: str = ''
   lm_logits: bool = True
+  attention_impl: str = 'xla'  # models/fused.py
+  # One scanned block over stacked parameters ('layers', leading axis the
+  # layer; `stack_layers` makes them): compile time does not grow with depth.
+  scan_layers: bool = False
 
   def setup(self):
     cfg = self.cfg
@@ -49,8 +54,13 @@ class Transformer(nn.Module):
                             name='types')
     if cfg.family in ('bert', 'roberta'):
       self.embed_norm = layers.make_norm(cfg, 'embed_norm')
-    block = layers.maybe_remat(layers.Block, self.remat)
-    self.blocks = [block(cfg, name=f'layer_{i}') for i in range(cfg.num_layers)]
+    if self.scan_layers:
+      self.scanned = scanned_blocks(cfg, self.adapter, self.remat,
+                                    self.attention_impl)
+    else:
+      block = layers.maybe_remat(layers.Block, self.remat)
+      self.blocks = [block(cfg, self.attention_impl, name=f'layer_{i}')
+                     for i in range(cfg.num_layers)]
     if cfg.pre_norm:
       self.final_norm = layers.make_norm(cfg, 'final_norm')
     if cfg.has_pooler:
@@ -100,6 +110,11 @@ class Transformer(nn.Module):
                   rng, condition=None):
     """condition: the tokens a method may condition on (default: mask)."""
     condition = mask if condition is None else condition
+    if self.scan_layers:
+      x, _ = self.scanned(x, jnp.arange(self.cfg.num_layers), mask, positions,
+                          method_params if use_adapter else None, condition,
+                          train, rng)
+      return self.final_norm(x) if self.cfg.pre_norm else x
     for i, block in enumerate(self.blocks):
       hook = NO_LAYER_HOOK
       if use_adapter:
@@ -219,6 +234,9 @@ class Transformer(nn.Module):
     Returns (logits [b, t, vocab] of the input positions, cache, hooks).
     """
     cfg, adapter = self.cfg, self.adapter
+    if self.scan_layers:
+      raise ValueError('Transformer.decode runs unrolled layers: build it '
+                       'with scan_layers=False (and models.unstack_layers).')
     words, mask = self._embed(inputs)
     prefill = hooks is None
     n = 0
@@ -259,3 +277,56 @@ class Transformer(nn.Module):
              'index': index + mask.shape[1],
              'count': cache['count'] + jnp.sum(mask, 1).astype(jnp.int32)}
     return logits, cache, new_hooks
+
+
+class _LayerStep(nn.Module):
+  """One layer as a scan step: the method's hook for layer `index` (a traced
+  index: methods index their per-layer state with it), then the block."""
+  cfg: ModelConfig
+  adapter: Adapter
+  remat: str
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, index, mask, positions, method_params, condition,
+               train, rng):
+    hook = NO_LAYER_HOOK
+    if method_params is not None:
+      layer_rng = None if rng is None else jax.random.fold_in(rng, index)
+      hook = self.adapter.layer_hook(method_params, index, x, condition, train,
+                                     layer_rng)
+    block = layers.maybe_remat(layers.Block, self.remat)
+    return block(self.cfg, self.impl, name='block')(x, mask, positions,
+                                                     hook), None
+
+
+def scanned_blocks(cfg: ModelConfig, adapter: Adapter, remat: str,
+                   impl: str) -> nn.Module:
+  step = nn.scan(_LayerStep, variable_axes={'params': 0},
+                 split_rngs={'params': True},
+                 in_axes=(0,) + (nn.broadcast,) * 6, length=cfg.num_layers)
+  return step(cfg, adapter, remat, impl, name='layers')
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """{'layer_0': p0, ...} -> {'layers': {'block': stacked}} (scan_layers);
+  NumPy leaves stay on the host."""
+  if 'layers' in params:
+    return params
+  params = dict(params)
+  per_layer = [params.pop(f'layer_{i}') for i in range(num_layers)]
+  stack = lambda *a: (np.stack(a) if isinstance(a[0], np.ndarray) else
+                      jnp.stack(a))
+  params['layers'] = {'block': jax.tree.map(stack, *per_layer)}
+  return params
+
+
+def unstack_layers(params: dict) -> dict:
+  """The inverse of `stack_layers`."""
+  if 'layers' not in params:
+    return params
+  params = dict(params)
+  stacked = params.pop('layers')['block']
+  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+    params[f'layer_{i}'] = jax.tree.map(lambda a, i=i: a[i], stacked)
+  return params
