@@ -41,8 +41,8 @@ def prefix_table(rows: list) -> str:
   if not rows:
     return ''
   floor = next(r for r in rows if r['method'] == 'frozen')
-  methods = [m for m in ('prefix_tuning', 'p_tuning_v2', 'ntk_attention')
-             if any(r['method'] == m for r in rows)]
+  methods = list(dict.fromkeys(r['method'] for r in rows
+                               if r['method'] != 'frozen'))
   lengths = sorted({r['prefix_length'] for r in rows if r['prefix_length']})
   out = [f"### {floor['model']}: batch {floor['batch']} x {floor['seq_len']}"
          f" tokens; frozen-model step {floor['step_seconds']:.3f} s, "
@@ -122,8 +122,8 @@ def plot_prefix(rows: list, path: str):
     return None
   floor = next(r for r in rows if r['method'] == 'frozen')
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for meth, style in (('prefix_tuning', 'o-'), ('p_tuning_v2', 's-'),
-                      ('ntk_attention', '^-')):
+  measured = dict.fromkeys(r['method'] for r in rows if r['method'] != 'frozen')
+  for meth, style in zip(measured, ('o-', 's-', '^-', 'd-', 'v-', 'x-')):
     rs = sorted((r for r in rows if r['method'] == meth),
                 key=lambda r: r['prefix_length'])
     if not rs:

@@ -20,11 +20,11 @@ import jax
 import numpy as np
 
 from benchmarks import compile_time, harness, report
-from ntk_prefix import provenance
+from ntk_prefix import methods, provenance
 
-METHODS = ('ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
-           'lopa', 'iapt', 'lora', 'full')
-PREFIX_METHODS = ('prefix_tuning', 'p_tuning_v2', 'ntk_attention')
+METHODS = methods.ADAPTING  # every registered method but 'none'
+# The explicit-prefix methods at each m, and NTK-Attention summarising m rows.
+PREFIX_METHODS = methods.PREFIX_METHODS + ('ntk_attention',)
 
 
 def prefix_options(method: str, m: int) -> dict:

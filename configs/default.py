@@ -6,6 +6,7 @@ Variants: `--config=configs/default.py:runlocal` shrinks everything to a
 seconds-long smoke run (tests use it). Override any field, e.g.
 `--config.method.name=lora --config.optimizer.lr=5e-4`.
 """
+from ntk_prefix import methods
 from ntk_prefix.config import base_config
 
 
@@ -37,6 +38,4 @@ def get_config(arg: str = ''):
 
 def get_sweep():
   """Every method on the default, same budget: the NLU table's first row."""
-  return [{'method.name': m} for m in (
-      'ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning', 'lopa',
-      'iapt', 'lora', 'full')]
+  return [{'method.name': m} for m in methods.ADAPTING]

@@ -11,6 +11,8 @@ training set, and the fixed test subset is decoded once per run (`decode`).
 """
 import ml_collections
 
+from ntk_prefix import methods
+
 from ntk_prefix import sweep
 from ntk_prefix.config import base_config
 
@@ -31,19 +33,17 @@ FULL = {
     'e2e_nlg': dict(max_length=128, holdout=200, steps=5 * 41861 // 10,
                     batch=10, test_rows=-1, max_new_tokens=96, beams=5),
 }
-METHODS = ('none', 'ntk_attention', 'prefix_tuning', 'p_tuning_v2',
-           'prompt_tuning', 'lopa', 'iapt', 'lora', 'full')
-LR_GRID = {  # four points each; this machine uses the middle two
-    'ntk_attention': (1e-3, 3e-3, 1e-2, 3e-2),
-    'prefix_tuning': (3e-5, 1e-4, 3e-4, 1e-3),  # as configs/nlu.py
-    'p_tuning_v2': (1e-3, 3e-3, 1e-2, 3e-2),
-    'prompt_tuning': (3e-3, 1e-2, 3e-2, 1e-1),
-    'lopa': (1e-4, 3e-4, 1e-3, 3e-3),
-    'iapt': (1e-4, 3e-4, 1e-3, 3e-3),
-    'lora': (1e-4, 3e-4, 1e-3, 3e-3),
-    'full': (3e-6, 1e-5, 3e-5, 1e-4),
-    'none': (),  # the model before adaptation: decoded, never trained
-}
+# The model before adaptation first, then every registered method.
+METHODS = ('none',) + methods.ADAPTING
+# Four points each (this machine searches the middle two first): each
+# method's own `lr_grid`, except four that this table has always searched
+# one step lower on the decoder (kept, so its runs stay comparable).
+LR_GRID = {**methods.lr_grids(),
+           'lopa': (1e-4, 3e-4, 1e-3, 3e-3),
+           'iapt': (1e-4, 3e-4, 1e-3, 3e-3),
+           'lora': (1e-4, 3e-4, 1e-3, 3e-3),
+           'full': (3e-6, 1e-5, 3e-5, 1e-4),
+           'none': ()}  # the model before adaptation: decoded, never trained
 
 
 def get_config(arg: str = 'gsm8k'):

@@ -10,7 +10,7 @@ official dev set (`test_split`) is scored once per run and never used for a
 choice. `get_search_space()` is the grid per method: every method gets the
 same number of points and the same steps.
 """
-from ntk_prefix import sweep
+from ntk_prefix import methods, sweep
 from ntk_prefix.config import base_config
 
 # task: (max_length, rows held out of train for choosing the learning rate)
@@ -24,24 +24,12 @@ TRAIN_ROWS = {'sst2': 67349, 'rte': 2490, 'cb': 250, 'boolq': 9427}
 # steps at batch 16, so the table regenerates in about two hours.
 QUICK_STEPS = {'sst2': 200, 'rte': 100, 'cb': 100, 'boolq': 100}
 
-METHODS = ('ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
-           'lopa', 'iapt', 'lora', 'full', 'none')
-# Learning-rate grid per method, four points each; --quick uses the middle
-# two. Centred on each family's usual rates (full fine-tuning needs ~100x
-# smaller steps than a prefix), so no method is tuned in a better region.
-LR_GRID = {
-    'ntk_attention': (1e-3, 3e-3, 1e-2, 3e-2),
-    # The MLP reparameterisation moves the prefix fast: at 1e-3 the prefix
-    # takes over and SST-2 stays at chance (measured); Li & Liang use 5e-5.
-    'prefix_tuning': (3e-5, 1e-4, 3e-4, 1e-3),
-    'p_tuning_v2': (1e-3, 3e-3, 1e-2, 3e-2),
-    'prompt_tuning': (3e-3, 1e-2, 3e-2, 1e-1),
-    'lopa': (3e-4, 1e-3, 3e-3, 1e-2),
-    'iapt': (3e-4, 1e-3, 3e-3, 1e-2),
-    'lora': (3e-4, 1e-3, 3e-3, 1e-2),
-    'full': (1e-5, 3e-5, 1e-4, 3e-4),
-    'none': (1e-3, 3e-3, 1e-2, 3e-2),  # the classifier head alone
-}
+METHODS = methods.NAMES  # every registered method; 'none': the head alone
+# Learning-rate grid per method, four points each (the method's own
+# `lr_grid`); this machine searches the middle two first. Centred on each
+# family's usual rates (full fine-tuning needs ~100x smaller steps than a
+# prefix), so no method is tuned in a better region.
+LR_GRID = methods.lr_grids()
 
 
 def get_config(arg: str = 'sst2'):

@@ -10,11 +10,10 @@ scikit-learn's bundled 8x8 digits. Its numbers are not a result.
 """
 import os
 
-from ntk_prefix import sweep
+from ntk_prefix import methods, sweep
 from ntk_prefix.config import base_config, load_file
 
-METHODS = ('ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
-           'lopa', 'iapt', 'lora', 'full', 'none')
+METHODS = methods.NAMES
 # The NLU table's grid: the method, not the data, sets the scale of a step.
 LR_GRID = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                  'nlu.py')).LR_GRID

@@ -33,14 +33,13 @@ def save(directory: str, method, method_params,
             'base_model_name_or_path': base_model_name_or_path or cfg.name,
             'revision': None}
   params = jax.device_get(method_params)
-  if method.name in ('p_tuning_v2', 'prefix_tuning'):
-    if not method.opts.shift_positions:
+  if method.peft_type == 'PREFIX_TUNING':
+    if not getattr(method.opts, 'shift_positions', True):
       raise MethodError(
           f'method.{method.name}.shift_positions=False: PEFT always shifts '
           'input positions by the prefix length, so this state would not '
           'mean the same there. Train with shift_positions=True to export.')
-    kv = (method.materialize(params) if method.name == 'prefix_tuning'
-          else params)
+    kv = method.explicit_prefix(params)
     k, v = np.asarray(kv['k']), np.asarray(kv['v'])  # [L, m, kvh, d]
     m = k.shape[1]
     emb = np.stack([k, v], 1).transpose(2, 0, 1, 3, 4).reshape(m, -1)
@@ -49,7 +48,7 @@ def save(directory: str, method, method_params,
                   num_layers=cfg.num_layers, token_dim=None,
                   num_attention_heads=None, num_transformer_submodules=1,
                   prefix_projection=False, encoder_hidden_size=None)
-  elif method.name == 'lora':
+  elif method.peft_type == 'LORA':
     if cfg.family != 'llama':
       raise MethodError(f'PEFT LoRA export needs separate q/k/v/o '
                         f'projections (LLaMA family); {cfg.family} fuses '
@@ -70,9 +69,10 @@ def save(directory: str, method, method_params,
                   target_modules=[_LORA_MODULES[t] for t in method.opts.targets],
                   bias='none', fan_in_fan_out=False, use_rslora=False)
   else:
+    exportable = [n for n, c in methods.REGISTRY.items() if c.peft_type]
     raise MethodError(f'{method.name} has no PEFT counterpart; PEFT export '
-                      'takes prefix_tuning, p_tuning_v2 or lora (use '
-                      'ntk_prefix.export for every method).')
+                      f'takes {exportable} (use ntk_prefix.export for every '
+                      'method).')
   os.makedirs(directory, exist_ok=True)
   save_file(tensors, os.path.join(directory, 'adapter_model.safetensors'))
   with open(os.path.join(directory, 'adapter_config.json'), 'w') as f:

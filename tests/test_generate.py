@@ -7,8 +7,7 @@ import pytest
 from conftest import text_batch
 from ntk_prefix import checkpoints, generate, methods, models
 
-METHODS = ['none', 'ntk_attention', 'prefix_tuning', 'p_tuning_v2',
-           'prompt_tuning', 'lopa', 'iapt', 'lora', 'full']
+METHODS = ['none'] + list(methods.ADAPTING)
 OPTIONS = {'prefix_tuning': {'length': 3}, 'p_tuning_v2': {'length': 3},
            'prompt_tuning': {'length': 2, 'init': 'normal'},
            'lopa': {'length': 2, 'rank': 1}, 'iapt': {'num_tokens': 2}}

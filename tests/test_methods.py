@@ -233,8 +233,7 @@ def test_ntk_attention_cost_independent_of_prefix_length(hf_checkpoint):
   assert ntk - frozen_flops < (prefix[1] - prefix[0]) / 4
 
 
-ALL = ['ntk_attention', 'prefix_tuning', 'p_tuning_v2', 'prompt_tuning',
-       'lopa', 'iapt', 'lora', 'full']
+ALL = list(methods.ADAPTING)  # every registered method, plugins included
 
 
 @pytest.mark.parametrize('family', ['bert', 'llama'])

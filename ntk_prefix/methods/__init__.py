@@ -1,24 +1,71 @@
 """The methods, by the name `config.method.name` uses.
 
-A new method is one file here (an Options dataclass and a `base.Method`
-subclass) plus its line in REGISTRY.
+A method is one file: a module here (or a plugin module named in
+$NTK_PREFIX_METHODS, comma-separated, e.g. `mylab.my_method`) defining an
+Options dataclass and a `base.Method` subclass with a `name`. The registry
+is found, not listed, as big_vision finds its models by module name; every
+list of methods (configs, experiments, benchmarks, mixed batches, PEFT
+export, tests) is derived from it.
 """
+import importlib
+import inspect
+import os
+import pkgutil
 from typing import Any, Mapping
 
-from ntk_prefix.methods import (full, iapt, lopa, lora, none, ntk_attention,
-                                p_tuning_v2, prefix_tuning, prompt_tuning)
 from ntk_prefix.methods.base import Method, MethodError, count_params, near
 from ntk_prefix.models.config import ModelConfig
 
-REGISTRY = {cls.name: cls for cls in (
-    ntk_attention.NtkAttention, prefix_tuning.PrefixTuning,
-    p_tuning_v2.PTuningV2, prompt_tuning.PromptTuning, lopa.Lopa, iapt.Iapt,
-    lora.Lora, full.Full, none.NoMethod)}
+PLUGINS_ENV = 'NTK_PREFIX_METHODS'
+_NOT_METHODS = ('base', 'mixed')  # helpers of this package, no method
 
+
+def _modules() -> list:
+  names = [f'{__name__}.{m.name}' for m in pkgutil.iter_modules(__path__)
+           if m.name not in _NOT_METHODS and not m.name.startswith('_')]
+  plugins = [n.strip() for n in os.environ.get(PLUGINS_ENV, '').split(',')
+             if n.strip()]
+  modules = []
+  for name in names + plugins:
+    try:
+      modules.append(importlib.import_module(name))
+    except ImportError as e:
+      if name in plugins and e.name == name:
+        raise ImportError(f'{PLUGINS_ENV} names {name!r}, which cannot be '
+                          f'imported ({e}); put its folder on PYTHONPATH.'
+                          ) from e
+      raise
+  return modules
+
+
+def _discover() -> dict:
+  found = {}
+  for module in _modules():
+    for _, cls in inspect.getmembers(module, inspect.isclass):
+      if (issubclass(cls, Method) and cls.name and
+          cls.__module__ == module.__name__):
+        if cls.name in found and found[cls.name] is not cls:
+          raise MethodError(f'Two methods are named {cls.name!r}: '
+                            f'{found[cls.name].__module__} and '
+                            f'{cls.__module__}.')
+        found[cls.name] = cls
+  return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+REGISTRY = _discover()
 NAMES = tuple(REGISTRY)
 # Methods that attend to an explicit key/value prefix of a set length.
 PREFIX_METHODS = tuple(n for n, cls in REGISTRY.items()
                        if cls.prefix_length_option)
+# Methods that adapt the model (all but 'none', the task head alone).
+ADAPTING = tuple(n for n in NAMES if n != 'none')
+# Methods whose state rows of one batch may each hold (methods/mixed.py).
+MIXABLE = tuple(n for n, cls in REGISTRY.items() if cls.mixable)
+
+
+def lr_grids() -> dict:
+  """{name: its default 4-point learning-rate grid}."""
+  return {n: tuple(cls.lr_grid) for n, cls in REGISTRY.items()}
 
 
 def get(name: str, model_cfg: ModelConfig,
@@ -78,5 +125,6 @@ def default_options() -> dict:
           for name, cls in REGISTRY.items()}
 
 
-__all__ = ['REGISTRY', 'NAMES', 'PREFIX_METHODS', 'Method', 'MethodError', 'get', 'from_config',
-           'default_options', 'count_params']
+__all__ = ['REGISTRY', 'NAMES', 'PREFIX_METHODS', 'ADAPTING', 'MIXABLE',
+           'Method', 'MethodError', 'get', 'from_config', 'default_options',
+           'count_params', 'lr_grids']

@@ -76,6 +76,15 @@ class Method(Adapter):
   # The option holding the length of an explicit key/value prefix, for the
   # methods that attend to one ('' otherwise): length sweeps, compression.
   prefix_length_option: ClassVar[str] = ''
+  # What the rest of the codebase reads off a method (nothing lists methods
+  # by name): its place in tables and listings, its default 4-point
+  # learning-rate grid (the tables search its middle two first and extend
+  # outward), whether rows of a mixed batch may each hold its state
+  # (methods/mixed.py), and the Hugging Face PEFT type its state maps to.
+  order: ClassVar[int] = 100
+  lr_grid: ClassVar[tuple] = (1e-3, 3e-3, 1e-2, 3e-2)
+  mixable: ClassVar[bool] = False
+  peft_type: ClassVar[str] = ''
 
   def explicit_prefix(self, method_params) -> Optional[dict]:
     """{'k', 'v'} [layers, m, kv_heads, head_dim] of the explicit prefix

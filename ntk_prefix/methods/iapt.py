@@ -47,6 +47,8 @@ def rational(x, num, den):
 @dataclasses.dataclass(frozen=True)
 class Iapt(base.Method):
   name = 'iapt'
+  order = 50  # place in tables and listings
+  lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
   Options = Options
   # No official code is public: the paper's structure is the default.
   presets = {'paper': base.Preset(

@@ -55,6 +55,8 @@ def _mlp_init(rng, n_in, n_hidden, n_out, std=0.0):
 @dataclasses.dataclass(frozen=True)
 class Lopa(base.Method):
   name = 'lopa'
+  order = 40  # place in tables and listings
+  lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
   Options = Options
   presets = PRESETS
 

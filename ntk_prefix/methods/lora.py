@@ -24,6 +24,9 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class Lora(base.Method):
   name = 'lora'
+  order = 60  # place in tables and listings
+  lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
+  peft_type = 'LORA'
   Options = Options
 
   def dims(self, target):

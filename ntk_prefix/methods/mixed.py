@@ -19,10 +19,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from ntk_prefix.methods import MIXABLE
 from ntk_prefix.methods.base import Method, MethodError
 from ntk_prefix.models.hooks import Adapter, InputHook, LayerHook, NtkState
 
-SUPPORTED = ('prefix_tuning', 'p_tuning_v2', 'ntk_attention', 'prompt_tuning')
 
 
 def _pick(x, rows):
@@ -37,9 +37,9 @@ class Mixed(Adapter):
   method: Method
 
   def __post_init__(self):
-    if self.method.name not in SUPPORTED:
-      raise MethodError(f'Mixed batches take one of {SUPPORTED}; got '
-                        f'{self.method.name!r}.')
+    if not self.method.mixable:
+      raise MethodError(f'Mixed batches take one of {MIXABLE} (methods with '
+                        f'mixable = True); got {self.method.name!r}.')
 
   @staticmethod
   def stack(states: Sequence[dict]) -> dict:

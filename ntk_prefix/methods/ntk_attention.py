@@ -68,6 +68,9 @@ PRESETS = {
 @dataclasses.dataclass(frozen=True)
 class NtkAttention(base.Method):
   name = 'ntk_attention'
+  order = 0  # place in tables and listings
+  lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)
+  mixable = True
   no_decay = ('k',)  # one vector per head: the prefix's summed key features
   Options = Options
   presets = PRESETS

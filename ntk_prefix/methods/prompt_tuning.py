@@ -25,6 +25,9 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class PromptTuning(base.Method):
   name = 'prompt_tuning'
+  order = 30  # place in tables and listings
+  lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)
+  mixable = True
   Options = Options
 
   def validate(self):
