@@ -11,7 +11,6 @@ depth and writes compile_time.json / .md to --out.
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import sys
 import time

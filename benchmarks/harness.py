@@ -7,7 +7,7 @@ warm-up; times are medians of `repeats` runs.
 import resource
 import statistics
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp

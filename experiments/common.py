@@ -11,6 +11,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from experiments import render
+from experiments.render import mean_std  # noqa: F401 (common.mean_std)
 from ntk_prefix import atomic, config as config_lib, provenance
 from ntk_prefix.sweep import point_name, run_point
 
@@ -196,15 +198,8 @@ def _fmt(scores: dict) -> str:
   return ' '.join(f'{k}={v:.4f}' for k, v in scores.items())
 
 
-def mean_std(values) -> tuple:
-  """Mean and sample standard deviation (0 for a single value)."""
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def write_results(out: str, results: dict, command: str) -> str:
   """results.json plus the rendered table.md and plot (see redraw)."""
-  from experiments import render
   os.makedirs(out, exist_ok=True)
   results = {**provenance.stamp(command, exclude=('experiments/results',)),
              **results}

@@ -6,8 +6,15 @@ import math
 import os
 import textwrap
 
-from experiments.common import mean_std
+import numpy as np
+
 from ntk_prefix import atomic
+
+
+def mean_std(values) -> tuple:
+  """Mean and sample standard deviation (0 for a single value)."""
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def _params(n: int) -> str:

@@ -71,7 +71,7 @@ def layer_qkv(cfg, frozen_params, method, params, inputs: dict) -> list:
                                                        'value'))
   inter = state['intermediates']
   mask = jnp.asarray(inputs['attention_mask'])
-  positions = module.bind({'params': backbone})._positions(
+  positions = module.bind({'params': backbone}).position_ids(
       mask, method.position_offset())
   b, t = mask.shape
   out = []

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from ntk_prefix import atomic, distributed, methods
-from ntk_prefix.checkpoints.names import flatten, unflatten
+from ntk_prefix.trees import flatten, unflatten
 
 
 def save(directory: str, method, method_params, model_path: str = '') -> None:

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ntk_prefix.checkpoints.names import flatten, unflatten
 from ntk_prefix.compat import AxisType
+from ntk_prefix.trees import flatten, unflatten
 
 
 def make_mesh(mesh_config) -> jax.sharding.Mesh:

@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from ntk_prefix.checkpoints import names
+from ntk_prefix.checkpoints.shapes import check_shapes
 from ntk_prefix.models.config import ModelConfig
 
 _NAMES = [
@@ -102,7 +103,6 @@ def hf_tensors(reader, cfg: ModelConfig) -> dict:
 
 
 def load(path: str, dtype=np.float32):
-  from ntk_prefix.checkpoints.hf import check_shapes
   import jax
   reader = read(path)
   cfg = config_from_gguf(reader, path)

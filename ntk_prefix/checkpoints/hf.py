@@ -1,18 +1,14 @@
 """Read a local Hugging Face checkpoint folder into (ModelConfig, params)."""
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
 
-from ntk_prefix import models
-from ntk_prefix.checkpoints import names
+from ntk_prefix.checkpoints import gguf, names
+from ntk_prefix.checkpoints.shapes import CheckpointError, check_shapes
 from ntk_prefix.models.config import ModelConfig
-
-
-class CheckpointError(ValueError):
-  """A checkpoint folder that cannot be read into our layers."""
 
 
 def _act(name: str, where: str) -> str:
@@ -123,35 +119,9 @@ def read_tensors(path: str) -> tuple:
       'checkpoint folder (or a .gguf file).')
 
 
-def check_shapes(cfg: ModelConfig, params: dict, source: str,
-                 sources: Optional[dict] = None) -> None:
-  """Every expected tensor is present with the shape the config implies."""
-  expected = names.flatten(jax.tree.map(lambda s: s.shape,
-                                        models.param_shapes(cfg),
-                                        is_leaf=lambda x: hasattr(x, 'shape')))
-  found = names.flatten(params)
-  missing = sorted(set(expected) - set(found))
-  if missing:
-    raise CheckpointError(
-        f'{source}: missing tensors for {len(missing)} parameters, e.g. '
-        f'{missing[:5]}. Is the checkpoint the model its config.json says?')
-  for path, shape in expected.items():
-    if tuple(found[path].shape) != tuple(shape):
-      name = (sources or {}).get(path, path)
-      raise CheckpointError(
-          f'{source}: tensor {name!r} (our {path!r}) has shape '
-          f'{tuple(found[path].shape)} but config.json implies '
-          f'{tuple(shape)}. The weights and the config do not belong '
-          'together.')
-  extra = sorted(set(found) - set(expected))
-  if extra:
-    raise CheckpointError(f'{source}: unexpected parameters {extra[:5]}.')
-
-
 def load(path: str, dtype=np.float32) -> tuple:
   """HF folder -> (ModelConfig, frozen_params, head_params or None)."""
   if path.endswith('.gguf'):
-    from ntk_prefix.checkpoints import gguf
     return gguf.load(path, dtype)
   if not os.path.isdir(path):
     raise CheckpointError(
@@ -185,6 +155,5 @@ def load_tokenizer(path: str):
   """A transformers fast tokenizer from the checkpoint folder (no network)."""
   import transformers
   if path.endswith('.gguf'):
-    from ntk_prefix.checkpoints import gguf
     return gguf.load_tokenizer(path)
   return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from ntk_prefix.trees import flatten, unflatten  # noqa: F401 (names.flatten)
+
 # Prefixes HF task models put in front of the base model's names.
 _BASE_PREFIXES = ('bert.', 'roberta.', 'transformer.', 'vit.')
 
@@ -187,25 +189,3 @@ def to_tree(family: str, tensors: dict, tie_embeddings: bool) -> tuple:
         sources[f'{layer}/attn/{name}/dense/{part}'] = sources.get(
             f'{layer}/attn/qkv/{part}', '')
   return unflatten(flat), unused, sources
-
-
-def unflatten(flat: dict) -> dict:
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    parts = path.split('/')
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = value
-  return tree
-
-
-def flatten(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    path = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(flatten(value, path + '/'))
-    else:
-      out[path] = value
-  return out

@@ -10,7 +10,7 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -7,7 +7,6 @@ the step, which the checkpoint already holds, and resuming replays exactly.
 import dataclasses
 import hashlib
 import os
-from typing import Optional
 
 import numpy as np
 

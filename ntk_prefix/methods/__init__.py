@@ -14,7 +14,7 @@ import pkgutil
 from typing import Any, Mapping
 
 from ntk_prefix.methods.base import Method, MethodError, count_params, near
-from ntk_prefix.models.config import ModelConfig
+from ntk_prefix.models.hooks import ModelConfig
 
 PLUGINS_ENV = 'NTK_PREFIX_METHODS'
 _NOT_METHODS = ('base', 'mixed')  # helpers of this package, no method

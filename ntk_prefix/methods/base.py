@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_prefix.models.config import ModelConfig
-from ntk_prefix.models.hooks import Adapter
+from ntk_prefix.models.hooks import Adapter, ModelConfig, layer_key_values
 
 Array = jax.Array
 
@@ -145,36 +144,6 @@ def count_params(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def layer_kv(model_cfg: ModelConfig, frozen_params: Any,
-             inputs: dict) -> list:
-  """The frozen model's per-layer keys/values for `inputs` (post-RoPE).
-
-  Used to initialise prefixes from the activations of real words.
-  Returns [(k, v)] per layer, each [batch, t, kv_heads, head_dim].
-  """
-  from ntk_prefix.models import layers
-  from ntk_prefix.models.transformer import Transformer
-  module = Transformer(model_cfg, lm_logits=False)
-  _, state = module.apply(
-      {'params': frozen_params}, {}, inputs,
-      capture_intermediates=lambda mdl, _: mdl.name in ('key', 'value'))
-  inter = state['intermediates']
-  mask = jnp.asarray(inputs['attention_mask'])
-  positions = Transformer(model_cfg).bind(
-      {'params': frozen_params})._positions(mask, 0)
-  out = []
-  for i in range(model_cfg.num_layers):
-    attn = inter[f'layer_{i}']['attn']
-    b, t = mask.shape
-    shape = (b, t, model_cfg.num_kv_heads, model_cfg.head_dim)
-    k = attn['key']['__call__'][0].reshape(shape)
-    v = attn['value']['__call__'][0].reshape(shape)
-    if model_cfg.rope_theta is not None:
-      k = layers.rope(k, positions, model_cfg.rope_theta)
-    out.append((k, v))
-  return out
-
-
 def word_prefix(model_cfg: ModelConfig, frozen_params: Any, tokenizer: Any,
                 text: str, length: int) -> tuple:
   """Keys/values [layers, length, kv_heads, head_dim] of a real text.
@@ -190,7 +159,7 @@ def word_prefix(model_cfg: ModelConfig, frozen_params: Any, tokenizer: Any,
   ids = (ids * (length // len(ids) + 1))[:length]
   inputs = {'input_ids': jnp.asarray([ids], jnp.int32),
             'attention_mask': jnp.ones((1, length), jnp.int32)}
-  kv = layer_kv(model_cfg, frozen_params, inputs)
+  kv = layer_key_values(model_cfg, frozen_params, inputs)
   k = jnp.stack([k[0] for k, _ in kv])
   v = jnp.stack([v[0] for _, v in kv])
   return k, v

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ntk_prefix.methods import base
-from ntk_prefix.models.attention import prefix_summary
+from ntk_prefix.models.hooks import prefix_summary
 from ntk_prefix.models.hooks import LayerHook, NtkState
 
 

@@ -7,7 +7,6 @@ input positions start after the prefix unless shift_positions=False.
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from ntk_prefix.methods import base
 from ntk_prefix.models.hooks import LayerHook

@@ -5,9 +5,9 @@ import jax
 
 from ntk_prefix.models.config import ModelConfig
 from ntk_prefix.models.heads import classifier_logits, init_classifier_head
-from ntk_prefix.models.hooks import NO_ADAPTER, Adapter
-from ntk_prefix.models.transformer import (Transformer, stack_layers,
-                                           unstack_layers)
+from ntk_prefix.models.hook_types import NO_ADAPTER, Adapter
+from ntk_prefix.models.scanned import stack_layers, unstack_layers
+from ntk_prefix.models.transformer import Transformer
 
 
 def apply(cfg: ModelConfig, frozen_params: Any, method_params: Any,

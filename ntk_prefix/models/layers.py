@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from ntk_prefix.models import attention, precision
 from ntk_prefix.models.config import ModelConfig
-from ntk_prefix.models.hooks import LayerHook
+from ntk_prefix.models.hook_types import LayerHook
 
 Array = jax.Array
 

@@ -9,11 +9,11 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ntk_prefix.models import heads, layers
+from ntk_prefix.models.scanned import scanned_blocks
 from ntk_prefix.models.config import ModelConfig
-from ntk_prefix.models.hooks import NO_ADAPTER, NO_LAYER_HOOK, Adapter
+from ntk_prefix.models.hook_types import NO_ADAPTER, NO_LAYER_HOOK, Adapter
 
 Array = jax.Array
 
@@ -68,7 +68,8 @@ class Transformer(nn.Module):
     if cfg.is_decoder and not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, name='lm_head')
 
-  def _positions(self, mask: Array, offset: int) -> Array:
+  def position_ids(self, mask: Array, offset: int) -> Array:
+    """Each token's position for `mask` [b, t], the first at `offset`."""
     cfg = self.cfg
     if cfg.family == 'roberta':  # HF: padding_idx + 1 + count of real tokens
       return (jnp.cumsum(mask, 1) + offset) * mask + cfg.pad_token_id
@@ -94,7 +95,7 @@ class Transformer(nn.Module):
   def _finish_embed(self, x, mask, inputs, offset):
     """Adds positions/types and the embedding norm."""
     cfg = self.cfg
-    positions = self._positions(mask, offset)
+    positions = self.position_ids(mask, offset)
     if cfg.rope_theta is None:
       x = x + self.positions(positions).astype(x.dtype)
     if cfg.type_vocab_size:
@@ -277,56 +278,3 @@ class Transformer(nn.Module):
              'index': index + mask.shape[1],
              'count': cache['count'] + jnp.sum(mask, 1).astype(jnp.int32)}
     return logits, cache, new_hooks
-
-
-class _LayerStep(nn.Module):
-  """One layer as a scan step: the method's hook for layer `index` (a traced
-  index: methods index their per-layer state with it), then the block."""
-  cfg: ModelConfig
-  adapter: Adapter
-  remat: str
-  impl: str
-
-  @nn.compact
-  def __call__(self, x, index, mask, positions, method_params, condition,
-               train, rng):
-    hook = NO_LAYER_HOOK
-    if method_params is not None:
-      layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-      hook = self.adapter.layer_hook(method_params, index, x, condition, train,
-                                     layer_rng)
-    block = layers.maybe_remat(layers.Block, self.remat)
-    return block(self.cfg, self.impl, name='block')(x, mask, positions,
-                                                     hook), None
-
-
-def scanned_blocks(cfg: ModelConfig, adapter: Adapter, remat: str,
-                   impl: str) -> nn.Module:
-  step = nn.scan(_LayerStep, variable_axes={'params': 0},
-                 split_rngs={'params': True},
-                 in_axes=(0,) + (nn.broadcast,) * 6, length=cfg.num_layers)
-  return step(cfg, adapter, remat, impl, name='layers')
-
-
-def stack_layers(params: dict, num_layers: int) -> dict:
-  """{'layer_0': p0, ...} -> {'layers': {'block': stacked}} (scan_layers);
-  NumPy leaves stay on the host."""
-  if 'layers' in params:
-    return params
-  params = dict(params)
-  per_layer = [params.pop(f'layer_{i}') for i in range(num_layers)]
-  stack = lambda *a: (np.stack(a) if isinstance(a[0], np.ndarray) else
-                      jnp.stack(a))
-  params['layers'] = {'block': jax.tree.map(stack, *per_layer)}
-  return params
-
-
-def unstack_layers(params: dict) -> dict:
-  """The inverse of `stack_layers`."""
-  if 'layers' not in params:
-    return params
-  params = dict(params)
-  stacked = params.pop('layers')['block']
-  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
-    params[f'layer_{i}'] = jax.tree.map(lambda a, i=i: a[i], stacked)
-  return params
