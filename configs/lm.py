@@ -70,10 +70,11 @@ def get_config(arg: str = 'gsm8k'):
   c.log_every = 10
   c.best_metric = 'eval_token_accuracy'
   c.progress = False
-  c.decode = ml_collections.ConfigDict(dict(
-      split='test', rows=size['test_rows'],  # fixed seeded subset; -1 = all
-      max_new_tokens=size['max_new_tokens'], beams=size['beams'],
-      batch_size=25))
+  with c.unlocked():  # a field of this table's own (the base is locked)
+    c.decode = ml_collections.ConfigDict(dict(
+        split='test', rows=size['test_rows'],  # fixed seeded subset; -1 = all
+        max_new_tokens=size['max_new_tokens'], beams=size['beams'],
+        batch_size=25))
   return c
 
 

@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'data' shards axis 0 over the data axis: ZeRO-3 style).
   c.sharding = ml_collections.ConfigDict(dict(frozen_rules=(('.*', ''),)))
   c.progress = True
+  # Locked: a config file or override that names a field not here is an
+  # error, never a silent new key (ConfigDict.lock).
+  c.lock()
   return c
 
 

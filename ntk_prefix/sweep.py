@@ -10,10 +10,12 @@ not rerun.
 import csv
 import json
 import os
-import sys
 import time
 
-from ntk_prefix import atomic, config as config_lib, provenance
+from absl import app, flags
+from ml_collections import config_flags
+
+from ntk_prefix import atomic, cli, config as config_lib, provenance
 from ntk_prefix import workdir as workdir_lib
 
 
@@ -104,28 +106,22 @@ def write_table(rows: list, workdir: str) -> None:
                     '\n'.join(lines) + '\n')
 
 
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  spec = workdir = None
-  only, overrides = -1, []
-  for a in argv:
-    if a.startswith('--config='):
-      spec = a.split('=', 1)[1]
-    elif a.startswith('--workdir='):
-      workdir = a.split('=', 1)[1]
-    elif a.startswith('--point='):
-      only = int(a.split('=', 1)[1])
-    elif a.startswith('--config.'):
-      key, _, value = a[len('--config.'):].partition('=')
-      overrides.append((key, value))
-    else:
-      raise SystemExit(f'unknown argument {a}')
-  if not spec or not workdir:
-    raise SystemExit('--config=FILE.py and --workdir=DIR are required.')
-  rows = run(spec, workdir, overrides, only)
+POINT = flags.DEFINE_integer('point', -1, 'Run only the N-th point (one '
+                             'job per point on a cluster); -1: all.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unknown arguments: {argv[1:]}')
+  cli.config()  # --config and --workdir given, the base config valid
+  flag = flags.FLAGS['config']
+  spec = config_flags.get_config_filename(flag)
+  overrides = list(config_flags.get_override_values(flag).items())
+  workdir = cli.WORKDIR.value
+  rows = run(spec, workdir, overrides, POINT.value)
   print(open(os.path.join(workdir, 'results.md')).read() if rows else
         'no finished points')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

@@ -19,9 +19,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ntk_prefix import atomic, config as config_lib, distributed, export
+from ntk_prefix import atomic, cli, distributed, export
 from ntk_prefix import methods
 from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.data import pipeline
@@ -152,26 +153,23 @@ def _train(config, workdir: str) -> dict:
   return metrics
 
 
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  config, rest = config_lib.from_argv(argv)
-  workdir = next((a.split('=', 1)[1] for a in rest
-                  if a.startswith('--workdir=')), None)
-  if workdir is None:
-    raise SystemExit('--workdir=DIR is required (it is where the run lives and '
-                     'resumes from).')
-  allow = '--allow_config_change' in rest
-  unknown = [a for a in rest if not a.startswith('--workdir=')
-             and a != '--allow_config_change']
-  if unknown:
-    raise SystemExit(f'unknown arguments: {unknown}')
+ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Continue a run under a changed config on '
+    'purpose (else a workdir holding another config is refused).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unknown arguments: {argv[1:]}')
+  config = cli.config()
   distributed.initialize()  # before any JAX computation
   try:
-    metrics = train_and_evaluate(config, workdir, allow)
+    metrics = train_and_evaluate(config, cli.WORKDIR.value,
+                                 ALLOW_CONFIG_CHANGE.value)
   except workdir_lib.WorkdirError as e:
     raise SystemExit(f'error: {e}') from None
   print(json.dumps(metrics))
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)
