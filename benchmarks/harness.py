@@ -78,7 +78,8 @@ def loss_fn(cfg, adapter, lm: bool):
   """The training loss: next-token over every position, or, for a batch
   with 'loss_positions' (instruction data), at the answer positions only
   (train.py's loss: the LM head on those rows alone)."""
-  def loss(method_params, frozen_params, batch):
+  def loss(trainable, frozen_params, batch):
+    method_params = trainable['method']
     inputs = {'input_ids': batch['input_ids'],
               'attention_mask': batch['attention_mask']}
     gathered = lm and 'loss_positions' in batch
@@ -96,8 +97,9 @@ def loss_fn(cfg, adapter, lm: bool):
       logits = out['logits'][:, :-1].astype(jnp.float32)
       return optax.softmax_cross_entropy_with_integer_labels(
           logits, batch['input_ids'][:, 1:]).mean()
+    logits = models.classifier_logits(trainable['head'], out['pooled'])
     return optax.softmax_cross_entropy_with_integer_labels(
-        out['class_logits'], batch['labels']).mean()
+        logits, batch['labels']).mean()
   return loss
 
 
@@ -146,7 +148,8 @@ class Step:
     else:
       adapter = methods.get(method_name, cfg, options)
       params = adapter.init(jax.random.PRNGKey(seed), frozen_params)
-    if not lm:
+    params = {'method': params}
+    if not lm:  # the task head, beside the method state
       params['head'] = models.init_classifier_head(jax.random.PRNGKey(1), cfg,
                                                    2)
     params = jax.tree.map(lambda x: jnp.array(x, jnp.float32), params)

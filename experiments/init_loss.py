@@ -41,7 +41,7 @@ def initial_losses(config, names: list, seeds: int) -> dict:
     out[label] = []
     for seed in range(seeds if name != 'none' else 1):
       c.seed = seed
-      params = train.init_method_params(s)
+      params = train.init_trainable(s)
       out[label].append(
           train.run_eval(s, evaluate, params, frozen)['eval_loss'])
       print(f'{label} seed {seed}: {out[label][-1]:.3f}', file=sys.stderr,

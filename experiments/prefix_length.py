@@ -65,7 +65,7 @@ def step_cost(task: Task, overrides: dict) -> dict:
   from ntk_prefix.data import pipeline
   c = common.configured(task.spec, {**task.base, **overrides})
   s = train.build(c)
-  seconds, peak = compress.step_cost(s, train.init_method_params(s),
+  seconds, peak = compress.step_cost(s, train.init_trainable(s),
                                      pipeline.train_batch(
                                          s.train_ds, 0, c.batch_size, c.seed))
   return {'step_seconds': seconds, 'peak_bytes': peak}

@@ -72,17 +72,23 @@ def build(config) -> Setup:
                kind, mesh, test_ds)
 
 
-def init_method_params(s: Setup) -> dict:
+def init_trainable(s: Setup) -> dict:
+  """What the run trains: {'method': the method state, 'head': the task
+  head} ('head' only for classification). Models and methods see the
+  method state alone; the training code applies the head."""
   rng = jax.random.PRNGKey(s.config.seed)
+  head = None
   if s.config.init_from:
-    params = _state_from(s)
+    params, head = _state_from(s)
   else:
     params = s.method.init(jax.random.fold_in(rng, 1), s.frozen_params,
                            s.tokenizer)
-  if s.kind != 'generation' and 'head' not in params:
-    params['head'] = models.init_classifier_head(
-        jax.random.fold_in(rng, 2), s.model_cfg, s.train_ds.num_labels)
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  trainable = {'method': params}
+  if s.kind != 'generation':
+    trainable['head'] = head if head is not None else (
+        models.init_classifier_head(jax.random.fold_in(rng, 2), s.model_cfg,
+                                    s.train_ds.num_labels))
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trainable)
 
 
 def best_metric_direction(name: str, kind: str) -> bool:
@@ -96,8 +102,9 @@ def best_metric_direction(name: str, kind: str) -> bool:
   return not name.endswith(('loss', 'perplexity'))
 
 
-def _state_from(s: Setup) -> dict:
-  """The method state of config.init_from, which must be of this method."""
+def _state_from(s: Setup) -> tuple:
+  """(method state, task head or None) of config.init_from, which must be
+  of this method."""
   path = s.config.init_from
   if not os.path.exists(os.path.join(path, 'method.json')):
     raise ValueError(f'init_from={path!r}: no method.json there; point it at '
@@ -108,4 +115,4 @@ def _state_from(s: Setup) -> dict:
     raise ValueError(f'init_from={path!r} holds a {method.name} state, but '
                      f'method.name={s.method.name!r}; set '
                      f'--config.method.name={method.name}.')
-  return dict(params)
+  return dict(params), export.load_head(path)

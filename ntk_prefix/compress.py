@@ -43,9 +43,12 @@ class CompressError(ValueError):
 
 
 def load_adapter(directory: str, model_cfg, frozen_params) -> tuple:
-  """(method, params) of an explicit-prefix adapter folder."""
+  """(method, params, task head or None) of an explicit-prefix adapter
+  folder."""
+  head = None
   if os.path.exists(os.path.join(directory, 'method.json')):
     method, params = export.load(directory, model_cfg, frozen_params)
+    head = export.load_head(directory)
   elif os.path.exists(os.path.join(directory, 'adapter_config.json')):
     method, params = peft_format.load(directory, model_cfg)
   else:
@@ -57,7 +60,7 @@ def load_adapter(directory: str, model_cfg, frozen_params) -> tuple:
         f'--adapter={directory} holds a {method.name} state; compress needs '
         f'an explicit prefix: {" or ".join(methods.PREFIX_METHODS)} (or a '
         'PEFT PREFIX_TUNING adapter).')
-  return method, params
+  return method, params, head
 
 
 def layer_qkv(cfg, frozen_params, method, params, inputs: dict) -> list:
@@ -93,7 +96,8 @@ def _inputs(batch: dict) -> dict:
 
 def step_cost(s: train.Setup, params, batch: dict, repeats: int = 3):
   """(median seconds, XLA's peak bytes) of the jitted train step of
-  `s.method` on `batch` (after compiling)."""
+  `s.method` on `batch` (after compiling); params: the trainable
+  {'method', 'head'} (train.init_trainable)."""
   frozen, frozen_sharding = train.place_frozen(s)
   opt, _ = train.make_optimizer(s.config, s.method.no_decay)
   step, _ = train.make_steps(s, opt, frozen_sharding)
@@ -124,7 +128,12 @@ def compress(config, adapter: str, out: str, steps: int = 300,
   s = train.build(config)
   cfg = s.model_cfg
   frozen = jax.tree.map(jnp.asarray, s.frozen_params)
-  source, source_params = load_adapter(adapter, cfg, frozen)
+  source, source_params, head = load_adapter(adapter, cfg, frozen)
+  if s.kind != 'generation' and head is None:
+    raise CompressError(
+        f'--adapter={adapter} has no task head, and task {s.config.task.name} '
+        'is a classification: compress a best/ or final/ export of a run on '
+        'this task (it holds the head trained with the prefix).')
   kv = source.explicit_prefix(source_params)
   fit_rows = pipeline.train_batch(s.train_ds, 0, rows, config.seed)
   held_out = next(pipeline.eval_batches(s.eval_ds, rows))
@@ -150,9 +159,9 @@ def compress(config, adapter: str, out: str, steps: int = 300,
     ks.append(k)
   ntk = methods.get('ntk_attention', cfg, {'init': 'zeros'})
   state = {'z': jnp.stack(zs), 'k': jnp.stack(ks)}
-  if 'head' in source_params:  # a classifier trained with the prefix
-    state['head'] = source_params['head']
   ntk.check_params(state)
+  # The task head trained with the prefix stays with the compressed state.
+  extra = {} if head is None else {'head': head}
 
   before_setup = dataclasses.replace(s, method=source)
   after_setup = dataclasses.replace(
@@ -160,8 +169,9 @@ def compress(config, adapter: str, out: str, steps: int = 300,
   report = {'adapter': adapter, 'source_method': source.name,
             'prefix_length': int(kv['k'].shape[1]), 'fit_steps': steps,
             'rows': rows, 'layers': errors}
-  for name, setup, params in (('before', before_setup, source_params),
-                              ('after', after_setup, state)):
+  for name, setup, params in (
+      ('before', before_setup, {'method': source_params, **extra}),
+      ('after', after_setup, {'method': state, **extra})):
     placed, sharding = train.place_frozen(setup)
     evaluate = train.make_eval_step(setup, sharding)
     metrics = train.run_eval(setup, evaluate, params, placed)
@@ -175,7 +185,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
     log(f'{name}: ' + ', '.join(f'{k}={v:.4g}' for k, v in
                                 report[name].items() if v is not None))
   os.makedirs(out, exist_ok=True)
-  export.save(os.path.join(out, 'final'), ntk, state, config.model.path)
+  export.save(os.path.join(out, 'final'), ntk, state, config.model.path, head)
   atomic.write_text(os.path.join(out, 'config.json'),
                     after_setup.config.to_json_best_effort(indent=2))
   atomic.write_json(os.path.join(out, 'compress.json'), report)

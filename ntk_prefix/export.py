@@ -15,10 +15,15 @@ from ntk_prefix import atomic, distributed, methods
 from ntk_prefix.trees import flatten, unflatten
 
 
-def save(directory: str, method, method_params, model_path: str = '') -> None:
+def save(directory: str, method, method_params, model_path: str = '',
+         head=None) -> None:
+  """The method state and, for a classifier, its task head (stored as
+  'head/...' tensors beside the method's)."""
   from safetensors.numpy import save_file
-  flat = {k: np.asarray(v, np.float32)
-          for k, v in flatten(distributed.fetch(method_params)).items()}
+  tree = dict(distributed.fetch(method_params))
+  if head is not None:
+    tree['head'] = distributed.fetch(head)
+  flat = {k: np.asarray(v, np.float32) for k, v in flatten(tree).items()}
   desc = {'method': method.name, 'options': dataclasses.asdict(method.opts),
           'base_model': model_path or method.model.name,
           'dimensions': method.model.dimensions()}
@@ -28,8 +33,8 @@ def save(directory: str, method, method_params, model_path: str = '') -> None:
 
 
 def load(directory: str, model_cfg, frozen_params=None):
-  """-> (method, method_params) for the base model `model_cfg`."""
-  from safetensors.numpy import load_file
+  """-> (method, method_params) for the base model `model_cfg` (a saved task
+  head is read by `load_head`)."""
   with open(os.path.join(directory, 'method.json')) as f:
     desc = json.load(f)
   dims = model_cfg.dimensions()
@@ -41,7 +46,18 @@ def load(directory: str, model_cfg, frozen_params=None):
         f'{desc["base_model"]}; (saved, this model) differ in {diff}. Load it '
         'onto the base model it was trained on.')
   method = methods.get(desc['method'], model_cfg, desc['options'])
-  params = jax.tree.map(jax.numpy.asarray, unflatten(load_file(
-      os.path.join(directory, 'method_state.safetensors'))))
+  params = _tensors(directory)
+  params.pop('head', None)
   method.check_params(params, frozen_params)
   return method, params
+
+
+def load_head(directory: str):
+  """The task head saved with a method state, or None."""
+  return _tensors(directory).get('head')
+
+
+def _tensors(directory: str) -> dict:
+  from safetensors.numpy import load_file
+  return jax.tree.map(jax.numpy.asarray, unflatten(load_file(
+      os.path.join(directory, 'method_state.safetensors'))))

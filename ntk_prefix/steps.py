@@ -11,9 +11,11 @@ from ntk_prefix.build import Setup
 from ntk_prefix.data import pipeline
 
 
-def loss_and_metrics(method_params, frozen_params, batch, rng, *, s: Setup,
+def loss_and_metrics(trainable, frozen_params, batch, rng, *, s: Setup,
                      train: bool):
-  """Mean loss over real examples/tokens, plus sums for exact eval metrics."""
+  """Mean loss over real examples/tokens, plus sums for exact eval metrics.
+  trainable: {'method': method state, 'head': task head (classification)}."""
+  method_params = trainable['method']
   inputs = {k: v for k, v in batch.items()
             if k not in ('labels', 'weights', 'loss_mask', 'loss_positions',
                          'loss_targets', 'loss_weights')}
@@ -37,7 +39,7 @@ def loss_and_metrics(method_params, frozen_params, batch, rng, *, s: Setup,
     loss = jnp.sum(nll * mask) / jnp.maximum(count, 1.0)
     return loss, {'loss_sum': jnp.sum(nll * mask),
                   'correct': jnp.sum(correct * mask), 'count': count}
-  logits = out['class_logits']
+  logits = models.classifier_logits(trainable['head'], out['pooled'])
   w = jnp.ones(logits.shape[0]) if weights is None else weights
   nll = optax.softmax_cross_entropy_with_integer_labels(logits,
                                                         batch['labels'])
@@ -66,8 +68,8 @@ def place_frozen(s: Setup):
 
 def make_eval_step(s: Setup, frozen_sharding):
   """The jitted eval step: sums of loss, correct and count over a batch."""
-  def eval_step(method_params, frozen_params, batch):
-    _, sums = loss_and_metrics(method_params, frozen_params, batch, None, s=s,
+  def eval_step(trainable, frozen_params, batch):
+    _, sums = loss_and_metrics(trainable, frozen_params, batch, None, s=s,
                                train=False)
     return sums
 
@@ -82,17 +84,17 @@ def make_steps(s: Setup, opt, frozen_sharding):
   replicated = NamedSharding(s.mesh, P())
   batch_sharding = NamedSharding(s.mesh, P('data'))
 
-  def train_step(method_params, opt_state, frozen_params, batch, rng):
+  def train_step(trainable, opt_state, frozen_params, batch, rng):
     (loss, _), grads = jax.value_and_grad(
-        loss_and_metrics, has_aux=True)(method_params, frozen_params, batch,
+        loss_and_metrics, has_aux=True)(trainable, frozen_params, batch,
                                         rng, s=s, train=True)
-    updates, opt_state = opt.update(grads, opt_state, method_params)
-    method_params = optax.apply_updates(method_params, updates)
+    updates, opt_state = opt.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
     # Loss and gradients come from the state before the update; the state
     # about to be saved is checked too (a finite step can overflow it).
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                for x in jax.tree.leaves(method_params)]))
-    return method_params, opt_state, {'train_loss': loss,
+                                for x in jax.tree.leaves(trainable)]))
+    return trainable, opt_state, {'train_loss': loss,
                                       'grad_norm': optax.tree.norm(grads),
                                       'state_finite': finite}
 
@@ -109,7 +111,7 @@ def batch_sharding(s: Setup):
   return NamedSharding(s.mesh, P('data'))
 
 
-def run_eval(s: Setup, evaluate, method_params, frozen_params,
+def run_eval(s: Setup, evaluate, trainable, frozen_params,
              ds=None) -> dict:
   """Exact sums over the whole split (padding rows weigh 0), whatever the
   number of processes: each feeds its rows of every batch."""
@@ -119,7 +121,7 @@ def run_eval(s: Setup, evaluate, method_params, frozen_params,
   rows = distributed.local_rows(batch_sharding(s), n)
   for local in pipeline.eval_batches(ds, n, rows):
     batch = distributed.global_batch(local, batch_sharding(s), n)
-    sums = distributed.fetch(evaluate(method_params, frozen_params, batch))
+    sums = distributed.fetch(evaluate(trainable, frozen_params, batch))
     for k in total:
       total[k] += float(sums[k])
   n = max(total['count'], 1.0)

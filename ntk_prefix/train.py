@@ -28,7 +28,7 @@ from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.data import pipeline
 # The pieces of a run, importable from here as before the split.
 from ntk_prefix.build import (Setup, best_metric_direction, build,  # noqa: F401
-                              init_method_params)
+                              init_trainable)
 from ntk_prefix.optimizer import decay_mask, make_optimizer  # noqa: F401
 from ntk_prefix.steps import (_check_finite, batch_sharding,  # noqa: F401
                               loss_and_metrics, make_eval_step, make_steps,
@@ -53,18 +53,18 @@ def _train(config, workdir: str) -> dict:
   frozen, frozen_sharding = place_frozen(s)
   opt, schedule = make_optimizer(config, s.method.no_decay)
   replicated = NamedSharding(s.mesh, P())
-  method_params = jax.device_put(init_method_params(s), replicated)
-  opt_state = jax.device_put(opt.init(method_params), replicated)
+  trainable = jax.device_put(init_trainable(s), replicated)
+  opt_state = jax.device_put(opt.init(trainable), replicated)
   rng = jax.random.PRNGKey(config.seed)
   train_step, evaluate = make_steps(s, opt, frozen_sharding)
 
   manager = workdir_lib.checkpoint_manager(workdir, config)
-  state = {'method_params': method_params, 'opt_state': opt_state,
+  state = {'trainable': trainable, 'opt_state': opt_state,
            'step': 0, 'rng': np.asarray(jax.random.key_data(rng))}
   start, restored = workdir_lib.restore_latest(manager, jax.tree.map(
       ocp.utils.to_shape_dtype_struct, state), workdir)
   if restored is not None:
-    method_params = jax.device_put(restored['method_params'], replicated)
+    trainable = jax.device_put(restored['trainable'], replicated)
     opt_state = jax.device_put(restored['opt_state'], replicated)
     rng = jax.random.wrap_key_data(jnp.asarray(restored['rng']))
     start = int(restored['step'])
@@ -76,16 +76,16 @@ def _train(config, workdir: str) -> dict:
     workdir_lib.record_config(workdir, config)  # once the checkpoint fits
   log = workdir_lib.MetricsLog(workdir, start, writer)
 
-  n_trainable = methods.count_params(method_params)
+  n_trainable = methods.count_params(trainable)
   print(f'{s.method.name} on {s.model_cfg.family} ({config.model.path}): '
         f'{n_trainable:,} trainable / {methods.count_params(s.frozen_params):,}'
         f' frozen parameters; task {config.task.name}: {len(s.train_ds)} train,'
         f' {len(s.eval_ds)} eval examples; mesh {dict(s.mesh.shape)}',
         file=sys.stderr)
 
-  def save(step, params, opt_state):
+  def save(step, trainable, opt_state):
     manager.save(step, args=ocp.args.StandardSave(
-        {'method_params': params, 'opt_state': opt_state, 'step': step,
+        {'trainable': trainable, 'opt_state': opt_state, 'step': step,
          'rng': np.asarray(jax.random.key_data(rng))}))
 
   # The best score so far, from the log kept up to the resumed step (the
@@ -105,8 +105,8 @@ def _train(config, workdir: str) -> dict:
         pipeline.train_batch(s.train_ds, step, config.batch_size,
                              config.seed, rows),
         batch_sharding(s), config.batch_size)
-    method_params, opt_state, out = train_step(
-        method_params, opt_state, frozen, batch, jax.random.fold_in(rng, step))
+    trainable, opt_state, out = train_step(
+        trainable, opt_state, frozen, batch, jax.random.fold_in(rng, step))
     done = step + 1
     interval_losses.append(_check_finite(out, done, manager, workdir))
     bar.update(1)
@@ -123,7 +123,7 @@ def _train(config, workdir: str) -> dict:
       interval_losses = []
       bar.set_postfix(loss=f"{row['train_loss']:.4f}", ex_s=f'{rate:.1f}')
     if done % config.eval_every == 0 or done == config.total_steps:
-      metrics = run_eval(s, evaluate, method_params, frozen)
+      metrics = run_eval(s, evaluate, trainable, frozen)
       log.write(done, metrics)
       bar.write(f'step {done}: ' + ', '.join(f'{k}={v:.4f}'
                                              for k, v in metrics.items()))
@@ -131,22 +131,23 @@ def _train(config, workdir: str) -> dict:
         best = sign * metrics[config.best_metric]
         if writer:
           export.save(os.path.join(workdir, 'best'), s.method,
-                      method_params, config.model.path)
+                      trainable['method'], config.model.path,
+                      trainable.get('head'))
     if done % config.checkpoint_every == 0 or done == config.total_steps:
-      save(done, method_params, opt_state)
+      save(done, trainable, opt_state)
   bar.close()
   manager.wait_until_finished()
   manager.close()
   if not metrics and start >= config.total_steps:  # already finished
-    metrics = run_eval(s, evaluate, method_params, frozen)
+    metrics = run_eval(s, evaluate, trainable, frozen)
   if s.test_ds is not None:
-    test = run_eval(s, evaluate, method_params, frozen, s.test_ds)
+    test = run_eval(s, evaluate, trainable, frozen, s.test_ds)
     metrics.update({'test_' + k[len('eval_'):]: v for k, v in test.items()})
     log.write(config.total_steps, {k: v for k, v in metrics.items()
                                    if k.startswith('test_')})
   if writer:
-    export.save(os.path.join(workdir, 'final'), s.method, method_params,
-                config.model.path)
+    export.save(os.path.join(workdir, 'final'), s.method, trainable['method'],
+                config.model.path, trainable.get('head'))
     atomic.write_json(os.path.join(workdir, 'final_metrics.json'),
                       {'step': config.total_steps, **metrics,
                        'trainable_params': n_trainable})

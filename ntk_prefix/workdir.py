@@ -214,12 +214,17 @@ def _shape_mismatch(manager, step: int, abstract_state) -> Optional[str]:
   except Exception:  # unreadable metadata: corruption, handled by restore
     return None
   meta = getattr(meta, 'tree', meta)
-  if not isinstance(meta, dict) or 'method_params' not in meta:
+  if isinstance(meta, dict) and 'method_params' in meta:  # before 2026-11-30
+    return ('it holds the layout of an older ntk_prefix (the method state '
+            'with the task head inside, "method_params"; now "trainable" '
+            'holds {method, head}): finish it with that version, or start a '
+            'new --workdir')
+  if not isinstance(meta, dict) or 'trainable' not in meta:
     return None
-  # The method state decides fit; the optimizer state mirrors it (and orbax
-  # spells its named tuples differently).
-  saved = flat_shapes(meta['method_params'])
-  wanted = flat_shapes(abstract_state['method_params'])
+  # The trainable state decides fit; the optimizer state mirrors it (and
+  # orbax spells its named tuples differently).
+  saved = flat_shapes(meta['trainable'])
+  wanted = flat_shapes(abstract_state['trainable'])
   if not saved:
     return None
   differ = [f'{k}: saved {saved.get(k, "absent")}, now '

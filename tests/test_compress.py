@@ -39,18 +39,22 @@ def test_compress_fits_far_better_than_the_closed_form(prefix_run, tmp_path):
   # that loads, decodes like a run folder, and trains on as an init.
   cfg, frozen, _ = checkpoints.load(c.model.path)
   method, state = export.load(os.path.join(out, 'final'), cfg, frozen)
-  assert method.name == 'ntk_attention' and 'head' in state
+  assert method.name == 'ntk_attention' and set(state) == {'z', 'k'}
+  assert export.load_head(os.path.join(out, 'final')) is not None
   assert json.load(open(os.path.join(out, 'config.json')))['method'][
       'name'] == 'ntk_attention'
   again = tiny_config(c.model.path, c.task.prepared_dir, **{
       'method.name': 'ntk_attention',
       'init_from': os.path.join(out, 'final')})
-  start = train.init_method_params(train.build(again))
-  np.testing.assert_array_equal(start['z'], state['z'])
+  start = train.init_trainable(train.build(again))
+  np.testing.assert_array_equal(start['method']['z'], state['z'])
+  np.testing.assert_array_equal(  # the head trained with the prefix, too
+      start['head']['out']['kernel'],
+      export.load_head(os.path.join(out, 'final'))['out']['kernel'])
   wrong = tiny_config(c.model.path, c.task.prepared_dir, **{
       'method.name': 'lora', 'init_from': os.path.join(out, 'final')})
   with pytest.raises(ValueError, match='holds a ntk_attention state'):
-    train.init_method_params(train.build(wrong))
+    train.init_trainable(train.build(wrong))
 
 
 def test_compress_takes_a_peft_prefix_tuning_folder(hf_checkpoint,

@@ -39,8 +39,8 @@ def test_model_kernel_is_over_the_method_state_only(hf_checkpoint):
   path, _ = hf_checkpoint('bert')
   cfg, frozen, _ = checkpoints.load(path)
   method = methods.get('ntk_attention', cfg)
-  params = method.init(jax.random.PRNGKey(0))
-  params['head'] = models.init_classifier_head(jax.random.PRNGKey(1), cfg, 2)
+  params = {'method': method.init(jax.random.PRNGKey(0)),
+            'head': models.init_classifier_head(jax.random.PRNGKey(1), cfg, 2)}
   rng = np.random.RandomState(0)
   ids = rng.randint(3, cfg.vocab_size, (5, 7)).astype(np.int32)
   inputs = {'input_ids': ids, 'attention_mask': np.ones_like(ids)}

@@ -49,15 +49,16 @@ def test_prompt_tuning_equals_peft_prompt_tuning(hf_checkpoint):
 def test_full_fine_tuning_gradients_equal_pytorch(hf_checkpoint):
   cfg, frozen, head, model = _load(hf_checkpoint, 'bert')
   method = methods.get('full', cfg)
-  params = method.init(jax.random.PRNGKey(0), frozen)
-  params['head'] = head
+  params = {'method': method.init(jax.random.PRNGKey(0), frozen),
+            'head': head}
   ids, mask = text_batch(97)
   labels = np.array([0, 2, 1])
   batch = {'input_ids': ids, 'attention_mask': mask}
 
   def loss(p):
-    logits = models.apply(cfg, frozen, p, batch, adapter=method)[
-        'class_logits']
+    pooled = models.apply(cfg, frozen, p['method'], batch,
+                          adapter=method)['pooled']
+    logits = models.classifier_logits(p['head'], pooled)
     return optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.asarray(labels)).mean()
 
@@ -73,7 +74,7 @@ def test_full_fine_tuning_gradients_equal_pytorch(hf_checkpoint):
                  if p.grad is not None}
   tree, _, _ = names.to_tree('bert', torch_grads, cfg.tie_embeddings)
   ref_head = tree.pop('head')
-  ours = names.flatten(grads['backbone'])
+  ours = names.flatten(grads['method']['backbone'])
   ref = names.flatten(tree)
   assert set(ref) <= set(ours)
   for key, g in ref.items():
@@ -193,14 +194,14 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
     s = train.build(c)
     frozen, sharding = train.place_frozen(s)
     opt, _ = train.make_optimizer(c, s.method.no_decay)
-    params = train.init_method_params(s)
+    params = train.init_trainable(s)
     state = opt.init(params)
     step, _ = train.make_steps(s, opt, sharding)
     for k in range(accumulate):
       batch = pipeline.train_batch(s.train_ds, k, batch_size, c.seed)
       params, state, _ = step(params, state, frozen, batch,
                               jax.random.PRNGKey(k))
-    return jax.device_get(params), train.init_method_params(s)
+    return jax.device_get(params), train.init_trainable(s)
 
   accumulated, start = one_update(8, 2)
   large, _ = one_update(16, 1)
@@ -233,8 +234,9 @@ def test_methods_on_vision_by_value(hf_checkpoint):
 
   def logits(name, params, **opts):
     method = methods.get(name, cfg, opts)
-    return np.asarray(models.apply(cfg, frozen, {**params, 'head': head},
-                                   batch, adapter=method)['class_logits'])
+    pooled = models.apply(cfg, frozen, params, batch,
+                          adapter=method)['pooled']
+    return np.asarray(models.classifier_logits(head, pooled))
 
   with torch.no_grad():
     plain = model(pixel_values=torch.tensor(pixels)).logits.numpy()

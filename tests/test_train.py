@@ -110,7 +110,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_encoder,
   for step in steps:  # and none of them holds a non-finite number
     state = manager.restore(step)
     assert all(np.all(np.isfinite(x)) for x in
-               __import__('jax').tree.leaves(state['method_params'])), step
+               __import__('jax').tree.leaves(state['trainable'])), step
   assert not os.path.exists(tmp_path / 'final_metrics.json')
 
 

@@ -205,8 +205,8 @@ def test_weight_decay_by_name(hf_checkpoint, name):
   path, _ = hf_checkpoint('bert')
   cfg, frozen, _ = checkpoints.load(path)
   method = methods.get(name, cfg)
-  params = method.init(jax.random.PRNGKey(0), frozen)
-  params['head'] = models.init_classifier_head(jax.random.PRNGKey(1), cfg, 2)
+  params = {'method': method.init(jax.random.PRNGKey(0), frozen),
+            'head': models.init_classifier_head(jax.random.PRNGKey(1), cfg, 2)}
   params = jax.tree.map(lambda x: x + 0.5, params)  # no zeros to hide in
   c = tiny_config(path, '', **{'optimizer.schedule': 'constant',
                                'optimizer.lr': 1.0,

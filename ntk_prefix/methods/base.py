@@ -61,8 +61,8 @@ class Method(Adapter):
   """A training method: a pytree of trainable state plus where it enters.
 
   Subclasses set `name` and `Options`, and implement `init` and the hooks of
-  `models.hooks.Adapter` they need. `method_params` may also hold 'head' (a
-  task head, handled by the model), which methods ignore.
+  `models.hooks.Adapter` they need. A task head is the training code's
+  (trainable['head']): methods never see it.
   """
   model: ModelConfig
   opts: Any
@@ -119,7 +119,7 @@ class Method(Adapter):
     """Clear error when a method state does not fit this model."""
     expected = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0),
                                                 frozen_params))
-    got = {k: v for k, v in method_params.items() if k != 'head'}
+    got = dict(method_params)
     exp_flat = dict(_flat(expected))
     got_flat = dict(_flat(got))
     if set(exp_flat) != set(got_flat):

@@ -1,5 +1,6 @@
-"""Task heads trained alongside every method (as in the papers), kept in
-method_params['head'] so that they are differentiated and counted with it."""
+"""Task heads trained alongside every method (as in the papers): the
+training code keeps one in trainable['head'], beside trainable['method'],
+so it is differentiated and counted with the method state."""
 import jax
 import jax.numpy as jnp
 

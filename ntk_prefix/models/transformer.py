@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ntk_prefix.models import heads, layers
+from ntk_prefix.models import layers
 from ntk_prefix.models.scanned import scanned_blocks
 from ntk_prefix.models.config import ModelConfig
 from ntk_prefix.models.hook_types import NO_ADAPTER, NO_LAYER_HOOK, Adapter
@@ -24,8 +24,8 @@ class Transformer(nn.Module):
   inputs: {'input_ids' [b, t], 'attention_mask' [b, t], optional
   'token_type_ids'} for text, {'pixel_values' [b, c, h, w]} for vision.
   outputs: 'hidden' [b, t, hidden] (input positions only, soft prompts
-  removed), 'pooled' [b, hidden], 'logits' [b, t, vocab] for decoders, and
-  'class_logits' [b, labels] when method_params has a 'head'.
+  removed), 'pooled' [b, hidden] (a task head reads it: the training code
+  applies `heads.classifier_logits`), 'logits' [b, t, vocab] for decoders.
   """
   cfg: ModelConfig
   adapter: Adapter = NO_ADAPTER
@@ -213,9 +213,6 @@ class Transformer(nn.Module):
         out['logits'] = self.tokens.attend(hidden)
       else:
         out['logits'] = self.lm_head(hidden)
-    if isinstance(method_params, dict) and 'head' in method_params:
-      out['class_logits'] = heads.classifier_logits(method_params['head'],
-                                                    pooled)
     return out
 
   def decode(self, method_params: Any, inputs: dict, cache: dict,

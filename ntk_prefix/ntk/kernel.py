@@ -73,18 +73,19 @@ def kernel_drift(kernel_t: np.ndarray, kernel_0: np.ndarray) -> float:
 def model_output_fn(cfg, frozen_params, adapter, output: str = 'margin'):
   """fn(method_params, inputs) -> [n] scalar outputs of one of our models.
 
-  output 'margin': class logit 1 minus class logit 0 (method_params needs a
-  'head'); 'last_logprob': a decoder's log-probability of each sequence's
+  output 'margin': class logit 1 minus class logit 0 (the argument is then
+  {'method': method state, 'head': task head}); 'last_logprob': a decoder's log-probability of each sequence's
   last token given the rest. The frozen model is closed over: the kernel is
   taken over the method's state alone.
   """
   from ntk_prefix import models
 
-  def fn(method_params, inputs):
+  def fn(params, inputs):
+    method_params = params['method'] if output == 'margin' else params
     out = models.apply(cfg, frozen_params, method_params, inputs,
                        adapter=adapter, lm_logits=output == 'last_logprob')
     if output == 'margin':
-      logits = out['class_logits']
+      logits = models.classifier_logits(params['head'], out['pooled'])
       return logits[:, 1] - logits[:, 0]
     if output == 'last_logprob':
       mask = inputs['attention_mask']
