@@ -5,9 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from conftest import REPO
 from experiments import common, grid_edge, lm, nlu, redraw
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_gsm8k_answers_are_read_like_the_dataset_writes_them():

@@ -1,4 +1,4 @@
-"""One file makes a method: tests/toy_method.py, named in $NTK_PREFIX_METHODS
+"""One file makes a method: tests/methods/toy_method.py, named in $NTK_PREFIX_METHODS
 and edited nowhere else, appears in the method listing, the configs, the
 benchmark's method sweep, the parametrised method tests, and export/load."""
 import os
@@ -7,7 +7,7 @@ import sys
 
 from conftest import REPO
 
-TESTS = os.path.join(REPO, 'tests')
+TESTS = os.path.join(REPO, 'tests', 'methods')
 
 
 def _env():
@@ -62,7 +62,7 @@ def test_toy_method_is_everywhere_with_one_file():
   assert '| toy_gate |' in listing
   # The parametrised method and decoding tests pick it up and pass for it.
   out = _run('-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-             'tests/test_methods.py', 'tests/test_generate.py', '-k',
+             'tests/methods/test_methods.py', 'tests/test_generate.py', '-k',
              'toy_gate')
   assert ' passed' in out and 'failed' not in out, out[-2000:]
   collected = int(out.strip().splitlines()[-1].split(' passed')[0].split()[-1])

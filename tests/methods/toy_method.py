@@ -1,5 +1,5 @@
 """A method in one file, outside the package: registered by naming this
-module in $NTK_PREFIX_METHODS (tests/test_plugin.py). A learned gate per
+module in $NTK_PREFIX_METHODS (tests/methods/test_plugin.py). A learned gate per
 layer and value feature, zero at init: v <- v + x (W_v diag(g)) in LoRA form
 with a fixed identity-like factor, so the frozen model is unchanged at init.
 """
