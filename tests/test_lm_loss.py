@@ -54,8 +54,8 @@ def test_gathered_chunked_loss_equals_full_logits(hf_checkpoint, family,
                       None, None, 'generation', None)
 
   def ours(p):
-    return train.loss_and_metrics(p, frozen, batch, None, s=setup,
-                                  train=False)
+    return train.loss_and_metrics({'method': p}, frozen, batch, None,
+                                  s=setup, train=False)
 
   (loss, sums), grads = jax.value_and_grad(ours, has_aux=True)(params)
   (ref_loss, ref_sums), ref_grads = jax.value_and_grad(

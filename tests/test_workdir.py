@@ -147,7 +147,9 @@ def _eval_state(c, state_dir):
   s = train.build(c)
   frozen, sharding = train.place_frozen(s)
   _, params = export.load(state_dir, s.model_cfg)
-  return train.run_eval(s, train.make_eval_step(s, sharding), params, frozen)
+  trainable = {'method': params, 'head': export.load_head(state_dir)}
+  return train.run_eval(s, train.make_eval_step(s, sharding), trainable,
+                        frozen)
 
 
 def test_loss_type_best_metric_keeps_the_lowest(tiny_encoder, prepared_dir,
