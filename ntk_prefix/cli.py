@@ -10,7 +10,7 @@ flags, with the config as an ml_collections config flag.
 import difflib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ntk_prefix import config as config_lib
@@ -51,6 +51,14 @@ def config():
 
 
 def run(main) -> None:
-  """app.run(main) after the key check."""
+  """app.run(main) after the key check. absl logs at WARNING unless
+  --verbosity says otherwise: orbax's INFO lines would bury the progress
+  bar."""
   check_override_keys(sys.argv[1:])
-  app.run(main)
+
+  def quiet_main(argv):
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  app.run(quiet_main)
