@@ -12,13 +12,15 @@ folder (completions.jsonl) next to its scores.
 import functools
 import json
 import os
-import re
 import sys
 import time
 
 import numpy as np
 
 from experiments import common, papers
+# Scoring, importable from here too (lm.score_e2e, lm.gsm8k_number).
+from experiments.scoring import (SCORERS, gsm8k_number,  # noqa: F401
+                                 last_number, score_e2e, score_gsm8k)
 from ntk_prefix import config as config_lib, provenance
 
 CONFIG = 'configs/lm.py'
@@ -30,48 +32,6 @@ PROMPT = {  # as the training data (ntk_prefix.data.pipeline.PROMPTS)
 
 
 # ---------------------------------------------------------------- scoring
-def gsm8k_number(text: str):
-  """The number after the first '#### ', normalised ('1,000.' -> '1000')."""
-  m = re.search(r'####\s*\$?\s*(-?[\d,]*\.?\d+)', text)
-  return None if m is None else _norm(m.group(1))
-
-
-def last_number(text: str):
-  """Lenient reading: the last number before the model starts a new
-  'Question:' (the base model does not write '####')."""
-  text = text.split('\nQuestion:')[0]
-  found = re.findall(r'-?[\d,]*\.?\d+', text)
-  return _norm(found[-1]) if found else None
-
-
-def _norm(s: str) -> str:
-  s = s.replace(',', '').rstrip('.')
-  try:
-    value = float(s)
-  except ValueError:
-    return s
-  return str(int(value)) if value == int(value) else str(value)
-
-
-def score_gsm8k(completions: list, references: list) -> dict:
-  gold = [gsm8k_number(r[0]) for r in references]
-  strict = [gsm8k_number(c) == g for c, g in zip(completions, gold)]
-  lenient = [(gsm8k_number(c) or last_number(c)) == g
-             for c, g in zip(completions, gold)]
-  return {'exact_match': float(np.mean(strict)),
-          'lenient_match': float(np.mean(lenient))}
-
-
-def score_e2e(completions: list, references: list) -> dict:
-  import sacrebleu
-  hyps = [c.split('\n')[0].strip() for c in completions]
-  width = max(len(r) for r in references)
-  streams = [[r[i] if i < len(r) else None for r in references]
-             for i in range(width)]
-  return {'bleu': sacrebleu.corpus_bleu(hyps, streams).score / 100.0}
-
-
-SCORERS = {'gsm8k': score_gsm8k, 'e2e_nlg': score_e2e}
 
 
 # ------------------------------------------------------------- test data

@@ -94,7 +94,7 @@ def test_truncated_safetensors_names_the_file(hf_checkpoint, tmp_path):
 
 
 def test_truncated_gguf_names_the_file(hf_checkpoint, tmp_path):
-  from test_gguf import write_tiny_gguf
+  from gguf_files import write_tiny_gguf
   _, model = hf_checkpoint('llama')
   path = tmp_path / 'tiny.gguf'
   write_tiny_gguf(path, model)

@@ -9,7 +9,7 @@ import torch
 
 from ntk_prefix import checkpoints, models
 from ntk_prefix.checkpoints import gguf as our_gguf
-from test_gguf import _permute
+from gguf_files import _permute
 
 SENTENCES = ['The movie was a delight from start to finish.',
              'Not worth the ticket.', 'Natalia sold 48 clips in April.']
