@@ -37,7 +37,8 @@ setup(
     extras_require={
         # torch: install the CPU wheel first (`pip install torch==2.13.0`
         # here); a bare `torch` requirement pulls gigabytes of CUDA.
-        'test': ['pytest>=8,<10', 'hypothesis>=6.100,<7', 'nbclient>=0.10,<1',
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4',
+                 'hypothesis>=6.100,<7', 'nbclient>=0.10,<1',
                  'nbformat>=5.10,<6', 'ipykernel>=6.29,<8', 'accelerate>=1.0,<2',
                  'peft>=0.17,<1'],  # PEFT-format adapters are tested with PEFT
         'bench': ['peft>=0.17,<1', 'psutil>=5.9'],
