@@ -19,7 +19,7 @@ def sweep_mixed(model: str, adapters: int, rows_each: int, length: int,
   data = harness.make_batch(cfg, adapters * rows_each, length)
   inputs = {k: jnp.asarray(data[k]) for k in ('input_ids', 'attention_mask')}
   rows = []
-  for name in ('p_tuning_v2', 'ntk_attention'):
+  for name in methods.MIXABLE:
     method = methods.get(name, cfg, {})
     states = [method.init(jax.random.PRNGKey(i), frozen)
               for i in range(adapters)]

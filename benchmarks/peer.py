@@ -9,25 +9,15 @@ import time
 
 import numpy as np
 
-# Our method (name, options) -> the PEFT config it is compared with.
-PAIRS = {
-    # PEFT's prefix tuning without projection is P-Tuning v2 (direct per-layer
-    # keys/values); with prefix_projection it is Li & Liang's MLP reparam.
-    'p_tuning_v2': ('PREFIX_TUNING', dict(num_virtual_tokens=20)),
-    'prefix_tuning': ('PREFIX_TUNING', dict(num_virtual_tokens=20,
-                                            prefix_projection=True,
-                                            encoder_hidden_size=512)),
-    'prompt_tuning': ('PROMPT_TUNING', dict(num_virtual_tokens=20)),
-    'lora': ('LORA', dict(r=8, lora_alpha=16, lora_dropout=0.0,
-                          target_modules=['q_proj', 'v_proj'])),
-}
-# Our options that match PAIRS.
-OURS = {
-    'p_tuning_v2': dict(length=20),
-    'prefix_tuning': dict(length=20, mlp_hidden=512),
-    'prompt_tuning': dict(length=20),
-    'lora': dict(rank=8, alpha=16.0, targets=('query', 'value')),
-}
+from ntk_prefix import methods
+
+# Our method -> the PEFT config it is compared with, and our options that
+# match it: each method's `peft_peer` (PEFT's prefix tuning without
+# projection is P-Tuning v2; with prefix_projection, Li & Liang's MLP).
+PAIRS = {n: cls.peft_peer[:2] for n, cls in methods.REGISTRY.items()
+         if cls.peft_peer}
+OURS = {n: cls.peft_peer[2] for n, cls in methods.REGISTRY.items()
+        if cls.peft_peer}
 
 
 def instruction_batch(gguf_path: str, batch: int, length: int):

@@ -34,16 +34,13 @@ FULL = {
                     batch=10, test_rows=-1, max_new_tokens=96, beams=5),
 }
 # The model before adaptation first, then every registered method.
-METHODS = ('none',) + methods.ADAPTING
+METHODS = methods.UNADAPTED + methods.ADAPTING
 # Four points each (this machine searches the middle two first): each
-# method's own `lr_grid`, except four that this table has always searched
-# one step lower on the decoder (kept, so its runs stay comparable).
-LR_GRID = {**methods.lr_grids(),
-           'lopa': (1e-4, 3e-4, 1e-3, 3e-3),
-           'iapt': (1e-4, 3e-4, 1e-3, 3e-3),
-           'lora': (1e-4, 3e-4, 1e-3, 3e-3),
-           'full': (3e-6, 1e-5, 3e-5, 1e-4),
-           'none': ()}  # the model before adaptation: decoded, never trained
+# method's own `decoder_lr_grid` where it has one, else its `lr_grid`; the
+# model before adaptation is decoded, never trained.
+LR_GRID = {n: () if not cls.adapts else tuple(cls.decoder_lr_grid or
+                                              cls.lr_grid)
+           for n, cls in methods.REGISTRY.items()}
 
 
 def get_config(arg: str = 'gsm8k'):

@@ -73,7 +73,7 @@ def run_root(workdir: str, name: str, base: dict) -> str:
 
 
 def method_overrides(label: str) -> dict:
-  """A table row's method: 'lopa', or 'lopa:official' for a preset."""
+  """A table row's method: 'NAME', or 'NAME:PRESET' for a preset."""
   name, _, preset = label.partition(':')
   return {'method.name': name, 'method.preset': preset}
 

@@ -39,7 +39,7 @@ def initial_losses(config, names: list, seeds: int) -> dict:
         c.method, setup.model_cfg, c.task.name, setup.tokenizer))
     evaluate = train.make_eval_step(s, frozen_sharding)
     out[label] = []
-    for seed in range(seeds if name != 'none' else 1):
+    for seed in range(seeds if name in methods.ADAPTING else 1):
       c.seed = seed
       params = train.init_trainable(s)
       out[label].append(

@@ -21,7 +21,7 @@ from experiments import common, papers
 # Scoring, importable from here too (lm.score_e2e, lm.gsm8k_number).
 from experiments.scoring import (SCORERS, gsm8k_number,  # noqa: F401
                                  last_number, score_e2e, score_gsm8k)
-from ntk_prefix import config as config_lib, provenance
+from ntk_prefix import config as config_lib, methods, provenance
 
 CONFIG = 'configs/lm.py'
 WORKDIR = 'workdirs/experiments/lm'
@@ -201,7 +201,7 @@ def main(argv=None):
       'papers': papers.reported([args.task]),
       'caption': caption(c, args.task, args.full)}
   for method in args.methods.split(','):
-    if method == 'none':
+    if method in methods.UNADAPTED:  # decoded as it is, never trained
       record = before_adaptation(spec, root, base)
     else:
       score = lambda workdir, m: scores_only(

@@ -79,17 +79,16 @@ def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
         log) -> dict:
   overrides = {} if m is None else {_length_key(method): m}
   base = {**task.base, **overrides}
-  if method == 'none' and task.lm:
+  unadapted = method in methods.UNADAPTED  # the frozen model: no step cost
+  if unadapted and task.lm:
     record = lm.before_adaptation(task.spec, root, base)
   else:
     record = common.tune_and_repeat(
         task.spec, method, task.grid(method), seeds, root,
         select=task.select, higher_is_better=task.higher, score=task.score,
         base=base, log=log, max_extra=max_extra)
-  cost_method = 'ntk_attention' if method == 'none' else method
-  record.update(prefix_length=m, cost=step_cost(
-      task, {'method.name': cost_method, **overrides}) if method != 'none'
-                else None)
+  record.update(prefix_length=m, cost=None if unadapted else step_cost(
+      task, {'method.name': method, **overrides}))
   return record
 
 

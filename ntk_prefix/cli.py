@@ -7,7 +7,6 @@ flags, with the config as an ml_collections config flag.
                                    nearest valid keys before anything runs
   --workdir=DIR                    where the run lives and resumes from
 """
-import difflib
 import sys
 
 from absl import app, flags, logging
@@ -29,14 +28,13 @@ def check_override_keys(argv: list) -> None:
               None)
   if spec is None:
     return
-  keys = set(config_lib.flat_keys(config_lib.get_config(spec)))
+  config = config_lib.get_config(spec)
   for a in argv:
     if a.startswith('--config.'):
-      key = a[len('--config.'):].partition('=')[0]
-      if key not in keys:
-        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-        hint = f' Nearest valid keys: {close}.' if close else ''
-        raise SystemExit(f'--config.{key} is not a config key.{hint}')
+      try:
+        config_lib.check_key(config, a[len('--config.'):].partition('=')[0])
+      except KeyError as e:
+        raise SystemExit(e.args[0]) from None
 
 
 def config():

@@ -125,13 +125,18 @@ def _parse(value: str, current):
   return value
 
 
-def override(config: ml_collections.ConfigDict, key: str, value) -> None:
-  """config[key] = value for a dotted key that must already exist."""
+def check_key(config: ml_collections.ConfigDict, key: str) -> None:
+  """KeyError naming the nearest valid keys if dotted `key` is not one."""
   keys = set(flat_keys(config))
   if key not in keys:
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
     hint = f' Nearest valid keys: {close}.' if close else ''
     raise KeyError(f'--config.{key} is not a config key.{hint}')
+
+
+def override(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """config[key] = value for a dotted key that must already exist."""
+  check_key(config, key)
   *parents, leaf = key.split('.')
   node = config
   for p in parents:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_prefix.models import decoding
 from ntk_prefix.models.config import ModelConfig
 from ntk_prefix.models.transformer import Transformer
 
@@ -48,7 +49,7 @@ class Decoder:
 
     def run(params, method_params, inputs, cache, hooks):
       return module.apply(params, method_params, inputs, cache, hooks,
-                          method=Transformer.decode)
+                          method=decoding.decode)
 
     self._prefill = jax.jit(functools.partial(run, hooks=None))
     self._step = jax.jit(run)

@@ -90,6 +90,8 @@ def load(directory: str, model_cfg) -> tuple:
     config = json.load(f)
   tensors = load_file(os.path.join(directory, 'adapter_model.safetensors'))
   kind = config.get('peft_type')
+  target = next((n for n, c in methods.REGISTRY.items()
+                 if c.peft_type == kind and c.peft_imports), None)
   L, kvh, d = model_cfg.num_layers, model_cfg.num_kv_heads, model_cfg.head_dim
   if kind == 'PREFIX_TUNING':
     emb = tensors['prompt_embeddings']
@@ -100,14 +102,15 @@ def load(directory: str, model_cfg) -> tuple:
           f'({model_cfg.dimensions()}) needs ({m}, {L * 2 * kvh * d}). It was '
           'trained on a model of other dimensions.')
     kv = emb.reshape(m, L, 2, kvh, d).transpose(2, 1, 0, 3, 4)
-    method = methods.get('p_tuning_v2', model_cfg,
-                         {'length': m, 'shift_positions': True})
+    cls = methods.REGISTRY[target]
+    method = methods.get(target, model_cfg, {cls.prefix_length_option: m,
+                                             'shift_positions': True})
     return method, {'k': jax.numpy.asarray(kv[0]),
                     'v': jax.numpy.asarray(kv[1])}
   if kind == 'LORA':
     inverse = {v: k for k, v in _LORA_MODULES.items()}
     targets = [inverse[t] for t in config['target_modules']]
-    method = methods.get('lora', model_cfg, {
+    method = methods.get(target, model_cfg, {
         'rank': config['r'], 'alpha': float(config['lora_alpha']),
         'targets': tuple(targets)})
     params = {}

@@ -200,7 +200,7 @@ def test_check_finite_stops_on_non_finite_gradients(tmp_path):
     train._check_finite(out, 4, Manager(), str(tmp_path))
 
 
-@pytest.mark.parametrize('name', [n for n in methods.NAMES if n != 'none'])
+@pytest.mark.parametrize('name', methods.ADAPTING)
 def test_weight_decay_by_name(hf_checkpoint, name):
   """One update with zero gradients: exactly the matrices shrink."""
   from ntk_prefix import checkpoints, models

@@ -57,8 +57,10 @@ NAMES = tuple(REGISTRY)
 # Methods that attend to an explicit key/value prefix of a set length.
 PREFIX_METHODS = tuple(n for n, cls in REGISTRY.items()
                        if cls.prefix_length_option)
-# Methods that adapt the model (all but 'none', the task head alone).
-ADAPTING = tuple(n for n in NAMES if n != 'none')
+# Methods that adapt the model, and the baseline that adapts nothing (the
+# frozen model with a task head: 'none').
+ADAPTING = tuple(n for n, cls in REGISTRY.items() if cls.adapts)
+UNADAPTED = tuple(n for n, cls in REGISTRY.items() if not cls.adapts)
 # Methods whose state rows of one batch may each hold (methods/mixed.py).
 MIXABLE = tuple(n for n, cls in REGISTRY.items() if cls.mixable)
 
@@ -125,6 +127,7 @@ def default_options() -> dict:
           for name, cls in REGISTRY.items()}
 
 
-__all__ = ['REGISTRY', 'NAMES', 'PREFIX_METHODS', 'ADAPTING', 'MIXABLE',
+__all__ = ['REGISTRY', 'NAMES', 'PREFIX_METHODS', 'ADAPTING', 'UNADAPTED',
+           'MIXABLE',
            'Method', 'MethodError', 'get', 'from_config', 'default_options',
            'count_params', 'lr_grids']

@@ -82,8 +82,17 @@ class Method(Adapter):
   # (methods/mixed.py), and the Hugging Face PEFT type its state maps to.
   order: ClassVar[int] = 100
   lr_grid: ClassVar[tuple] = (1e-3, 3e-3, 1e-2, 3e-2)
+  # The decoder table's grid where it differs from lr_grid.
+  decoder_lr_grid: ClassVar[tuple] = ()
   mixable: ClassVar[bool] = False
+  # False for the baseline that adapts nothing (the frozen model + head).
+  adapts: ClassVar[bool] = True
   peft_type: ClassVar[str] = ''
+  # A PEFT folder of peft_type loads as this method (one per type).
+  peft_imports: ClassVar[bool] = False
+  # The PEFT configuration the peer benchmark sets against this method:
+  # (PEFT type, PEFT's arguments, our options for the same adapter).
+  peft_peer: ClassVar[tuple] = ()
 
   def explicit_prefix(self, method_params) -> Optional[dict]:
     """{'k', 'v'} [layers, m, kv_heads, head_dim] of the explicit prefix

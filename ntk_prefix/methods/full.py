@@ -22,6 +22,7 @@ class Full(base.Method):
   order = 70  # place in tables and listings
   # Full fine-tuning needs ~100x smaller steps than a prefix.
   lr_grid = (1e-5, 3e-5, 1e-4, 3e-4)
+  decoder_lr_grid = (3e-6, 1e-5, 3e-5, 1e-4)  # one step lower on the decoder
   Options = Options
 
   def init(self, rng, frozen_params=None, tokenizer=None):

@@ -49,6 +49,7 @@ class Iapt(base.Method):
   name = 'iapt'
   order = 50  # place in tables and listings
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
+  decoder_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # one step lower on the decoder
   Options = Options
   # No official code is public: the paper's structure is the default.
   presets = {'paper': base.Preset(

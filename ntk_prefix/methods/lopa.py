@@ -57,6 +57,7 @@ class Lopa(base.Method):
   name = 'lopa'
   order = 40  # place in tables and listings
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
+  decoder_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # one step lower on the decoder
   Options = Options
   presets = PRESETS
 

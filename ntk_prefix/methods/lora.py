@@ -26,7 +26,12 @@ class Lora(base.Method):
   name = 'lora'
   order = 60  # place in tables and listings
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
+  decoder_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # one step lower on the decoder
   peft_type = 'LORA'
+  peft_imports = True
+  peft_peer = ('LORA', {'r': 8, 'lora_alpha': 16, 'lora_dropout': 0.0,
+                        'target_modules': ['q_proj', 'v_proj']},
+               {'rank': 8, 'alpha': 16.0, 'targets': ('query', 'value')})
   Options = Options
 
   def dims(self, target):

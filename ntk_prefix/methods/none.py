@@ -15,6 +15,7 @@ class NoMethod(base.Method):
   order = 80  # place in tables and listings
   # The task head alone.
   lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)
+  adapts = False
   Options = Options
 
   def init(self, rng, frozen_params=None, tokenizer=None):

@@ -72,6 +72,8 @@ class PTuningV2(base.Method):
   lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)
   mixable = True
   peft_type = 'PREFIX_TUNING'
+  peft_imports = True
+  peft_peer = ('PREFIX_TUNING', {'num_virtual_tokens': 20}, {'length': 20})
   presets = PRESETS
   prefix_length_option = 'length'
 

@@ -56,6 +56,11 @@ class PrefixTuning(base.Method):
   # The MLP reparameterisation moves the prefix fast: at 1e-3 the prefix
   # takes over and SST-2 stays at chance (measured); Li & Liang use 5e-5.
   lr_grid = (3e-5, 1e-4, 3e-4, 1e-3)
+  # PEFT's prefix tuning with prefix_projection is Li & Liang's MLP reparam.
+  peft_peer = ('PREFIX_TUNING', {'num_virtual_tokens': 20,
+                                 'prefix_projection': True,
+                                 'encoder_hidden_size': 512},
+               {'length': 20, 'mlp_hidden': 512})
   mixable = True
   peft_type = 'PREFIX_TUNING'
   Options = Options

@@ -27,6 +27,7 @@ class PromptTuning(base.Method):
   name = 'prompt_tuning'
   order = 30  # place in tables and listings
   lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)
+  peft_peer = ('PROMPT_TUNING', {'num_virtual_tokens': 20}, {'length': 20})
   mixable = True
   Options = Options
 
