@@ -2,6 +2,7 @@ r"""The vision table (NTK-Attention paper: ViT-B/16 in21k on CIFAR-100 and
 Food-101) for any ViT checkpoint and tfds image set:
 
   python -m experiments.vision --dataset=tfds:cifar100 \
+      --config=configs/vision.py \
       --config.model.path=/path/to/vit-base-patch16-224-in21k [--full]
 
 With no checkpoint and no image set offline, `python -m experiments.vision`

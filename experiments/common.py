@@ -1,7 +1,6 @@
 """What every table shares: resumable runs, a learning-rate search with the
 same budget per method, seeds, and a results folder stamped with the
 command, commit and date."""
-import argparse
 import hashlib
 import json
 import math
@@ -31,27 +30,6 @@ def configured(spec: str, overrides: dict):
   return config
 
 
-def table_parser(description: str, methods: tuple,
-                 workdir: str) -> argparse.ArgumentParser:
-  """The flags every table command shares."""
-  p = argparse.ArgumentParser(description=description)
-  p.add_argument('--methods', default=','.join(methods))
-  p.add_argument('--seeds', type=int, default=3)
-  p.add_argument('--full', action='store_true',
-                 help="the papers' sizes (hours on an accelerator)")
-  p.add_argument('--workdir', default=workdir)
-  p.add_argument('--out', default='')
-  return p
-
-
-def parse(parser, argv, module: str) -> tuple:
-  """(args, --config overrides, the command line that reruns this)."""
-  argv = sys.argv[1:] if argv is None else argv
-  args, extra = parser.parse_known_args(argv)
-  use_compilation_cache()
-  return args, config_overrides(extra), provenance.command_line(module, argv)
-
-
 def config_overrides(extra: list) -> dict:
   """{'a.b': 'v'} from ['--config.a.b=v', ...] (the table's own sizes are
   overridden this way, e.g. --config.total_steps=1000)."""
@@ -66,8 +44,9 @@ def config_overrides(extra: list) -> dict:
 
 def run_root(workdir: str, name: str, base: dict) -> str:
   """Runs of different --config overrides never share a folder."""
-  if base:
-    digest = hashlib.sha1(json.dumps(base, sort_keys=True).encode())
+  if base:  # '1000' from a recorded command and 1000 from a flag: one folder
+    digest = hashlib.sha1(json.dumps({k: str(v) for k, v in base.items()},
+                                     sort_keys=True).encode())
     name += '-' + digest.hexdigest()[:8]
   return os.path.join(workdir, name)
 

@@ -12,13 +12,14 @@ command had. They go where the table's own runs go (--workdir), so a later
 table run over the wider grid reuses them. Nothing is decoded: on the
 generation tasks only the held-out loss is compared.
 """
-import argparse
 import json
 import os
 import shlex
 import sys
 
-from experiments import common, lm, nlu, render as table_render
+from absl import flags as absl_flags
+
+from experiments import common, flags, lm, nlu, render as table_render
 from ntk_prefix import config as config_lib, provenance
 
 # table -> (the table's module: its CONFIG, WORKDIR and results_folder;
@@ -26,6 +27,11 @@ from ntk_prefix import config as config_lib, provenance
 # name)
 TABLES = {'nlu': (nlu, True), 'lm': (lm, False)}
 LR = 'optimizer.lr'
+TABLE = absl_flags.DEFINE_enum(
+    'table', None, sorted(TABLES), 'Which table (experiments.grid_edge).')
+RESULTS = absl_flags.DEFINE_string(
+    'results', None, "The table's results folder (experiments.grid_edge; "
+    'default experiments/results/<nlu or the task>).')
 
 
 def further_out(record: dict, full_grid: list) -> tuple:
@@ -121,37 +127,34 @@ def render(rows: list, task: str, stamp: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--table', choices=sorted(TABLES), required=True)
-  p.add_argument('--task', required=True)
-  p.add_argument('--results', default='',
-                 help='the table\'s results folder; default '
-                      'experiments/results/<nlu or the task>')
-  p.add_argument('--workdir', default='')
-  args, base, command = common.parse(p, argv, 'experiments.grid_edge')
-  folder = args.results or TABLES[args.table][0].results_folder(args.task)
+def main(argv):
+  if TABLE.value is None or flags.TASK.value is None:
+    raise SystemExit('experiments.grid_edge needs --table=nlu|lm and '
+                     '--task=TASK.')
+  module, task = TABLES[TABLE.value][0], flags.TASK.value
+  args = flags.parsed(argv, 'experiments.grid_edge', module.CONFIG,
+                      module.WORKDIR)
+  folder = RESULTS.value or module.results_folder(task)
   path = os.path.join(folder, 'results.json')
   if not os.path.exists(path):
     raise SystemExit(f'--results={folder}: no results.json there; run the '
                      f'table\'s command first (experiments/README.md).')
   with open(path) as f:
     results = json.load(f)
-  if args.task not in results['tasks']:
-    raise SystemExit(f'--task={args.task}: {path} has tasks '
+  if task not in results['tasks']:
+    raise SystemExit(f'--task={task}: {path} has tasks '
                      f'{sorted(results["tasks"])}.')
-  rows = check(args.table, args.task, results, base,
-               args.workdir or TABLES[args.table][0].WORKDIR,
+  rows = check(TABLE.value, task, results, args.base, args.workdir,
                log=lambda s: print(s, file=sys.stderr, flush=True))
   if not rows:
-    raise SystemExit(f'--task={args.task}: no method of {path} chose a '
+    raise SystemExit(f'--task={task}: no method of {path} chose a '
                      'learning rate; nothing to look beyond.')
-  text = render(rows, args.task, provenance.stamp(
-      command, exclude=('experiments/results',)))
-  with open(os.path.join(folder, f'grid_edge_{args.task}.md'), 'w') as f:
+  text = render(rows, task, provenance.stamp(
+      args.command, exclude=('experiments/results',)))
+  with open(os.path.join(folder, f'grid_edge_{task}.md'), 'w') as f:
     f.write(text)
   print(text)
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, 'configs/nlu.py (configs/lm.py for --table=lm)')

@@ -14,12 +14,11 @@ its own initialisation (see the README on IAPT). Writes
 experiments/results/<task>/init_loss.md (NLU tasks: experiments/results/nlu/
 init_loss_<task>.md); no training, no decoding.
 """
-import argparse
 import dataclasses
 import os
 import sys
 
-from experiments import common, lm, nlu
+from experiments import common, flags, lm, nlu
 from ntk_prefix import atomic, config as config_lib, methods, provenance
 from ntk_prefix import train
 
@@ -67,32 +66,31 @@ def render(losses: dict, task: str, eval_split: str, stamp: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def table_for(task: str):
+  """The table module (nlu or lm) whose config file runs TASK."""
   nlu_tasks = sorted(config_lib.load_file(nlu.CONFIG).TASKS)
-  p.add_argument('--task', default='e2e_nlg',
-                 choices=sorted(lm.TASK_NAMES) + nlu_tasks)
-  p.add_argument('--methods', default='')
-  p.add_argument('--seeds', type=int, default=2)
-  p.add_argument('--out', default='',
-                 help='default experiments/results/<task>/init_loss.md')
-  args, base, command = common.parse(p, argv, 'experiments.init_loss')
-  table = nlu if args.task in nlu_tasks else lm
+  flags.one_of('task', task, sorted(lm.TASK_NAMES) + nlu_tasks)
+  return nlu if task in nlu_tasks else lm
+
+
+def main(argv):
+  task = flags.TASK.value or 'e2e_nlg'
+  table = table_for(task)
   module = config_lib.load_file(table.CONFIG)
-  config = common.configured(f'{table.CONFIG}:{args.task}', base)
-  eval_split = config.task.eval_split
-  names = (args.methods or ','.join(module.METHODS)).split(',')
-  losses = initial_losses(config, names, args.seeds)
-  text = render(losses, args.task, eval_split, provenance.stamp(
-      command, exclude=('experiments/results',)))
+  args = flags.parsed(argv, 'experiments.init_loss', table.CONFIG, '',
+                      methods=module.METHODS, seeds=2)
+  config = common.configured(f'{table.CONFIG}:{task}', args.base)
+  losses = initial_losses(config, args.methods, args.seeds)
+  text = render(losses, task, config.task.eval_split, provenance.stamp(
+      args.command, exclude=('experiments/results',)))
   out = args.out or (
-      os.path.join(lm.results_folder(args.task), 'init_loss.md')
+      os.path.join(lm.results_folder(task), 'init_loss.md')
       if table is lm else
-      os.path.join(nlu.results_folder(), f'init_loss_{args.task}.md'))
+      os.path.join(nlu.results_folder(), f'init_loss_{task}.md'))
   os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
   atomic.write_text(out, text)
   print(text)
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, 'configs/lm.py (configs/nlu.py for an NLU --task)')

@@ -2,7 +2,8 @@ r"""The generation tables: GSM8K (exact match) and E2E (BLEU) with the real
 SmolLM2-135M-Instruct, every method, before and after adaptation.
 
   python -m experiments.lm --task=gsm8k [--methods=...] [--seeds=3] [--full]
-  python -m experiments.lm --task=e2e_nlg [--config.KEY=VALUE ...]
+  python -m experiments.lm --task=e2e_nlg \
+      [--config=configs/lm.py --config.KEY=VALUE ...]  # every run's config
 
 Each run trains as configs/lm.py says, then decodes a fixed, seeded subset
 of the test set greedily (beam search with --full on E2E) with the KV-cache
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from experiments import common, papers
+from experiments import common, flags, papers
 # Scoring, importable from here too (lm.score_e2e, lm.gsm8k_number).
 from experiments.scoring import (SCORERS, gsm8k_number,  # noqa: F401
                                  last_number, score_e2e, score_gsm8k)
@@ -177,30 +178,29 @@ def results_folder(task: str) -> str:
   return f'experiments/results/{task}'
 
 
-def main(argv=None):
+def main(argv):
   module = config_lib.load_file(CONFIG)
-  p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
-                          WORKDIR)
-  p.add_argument('--task', default='gsm8k', choices=sorted(TASK_NAMES))
-  args, base, command = common.parse(p, argv, 'experiments.lm')
+  args = flags.parsed(argv, 'experiments.lm', CONFIG, WORKDIR,
+                      methods=module.METHODS)
+  task = flags.one_of('task', flags.TASK.value or 'gsm8k', TASK_NAMES)
+  base = args.base
   size = ',full' if args.full else ''
-  spec = f'{CONFIG}:{args.task}{size}'
-  out = args.out or results_folder(args.task)
-  root = common.run_root(args.workdir, args.task + size.replace(',', '_'),
-                         base)
+  spec = f'{CONFIG}:{task}{size}'
+  out = args.out or results_folder(task)
+  root = common.run_root(args.workdir, task + size.replace(',', '_'), base)
   c = common.configured(spec, base)
-  metric = 'exact_match' if args.task == 'gsm8k' else 'bleu'
+  metric = 'exact_match' if task == 'gsm8k' else 'bleu'
   results = {
-      'title': f'{args.task}: SmolLM2-135M-Instruct (Q4_1 GGUF, frozen)',
+      'title': f'{task}: SmolLM2-135M-Instruct (Q4_1 GGUF, frozen)',
       'metric': metric, 'scale': 100.0,
       'metric_label': ('exact match (%)' if metric == 'exact_match'
                        else 'BLEU'),
       'labels': {'lenient_match': 'last-number match (%)'},
       'select_label': 'held-out token loss by lr', 'seeds': args.seeds,
-      'task_names': TASK_NAMES, 'tasks': {args.task: {'records': []}},
-      'papers': papers.reported([args.task]),
-      'caption': caption(c, args.task, args.full)}
-  for method in args.methods.split(','):
+      'task_names': TASK_NAMES, 'tasks': {task: {'records': []}},
+      'papers': papers.reported([task]),
+      'caption': caption(c, task, args.full)}
+  for method in args.methods:
     if method in methods.UNADAPTED:  # decoded as it is, never trained
       record = before_adaptation(spec, root, base)
     else:
@@ -208,14 +208,14 @@ def main(argv=None):
           decode_and_score(common.configured(spec, base), workdir))
       record = common.tune_and_repeat(
           spec, method, common.grid_for(
-              module.get_search_space(args.task + size), method),
+              module.get_search_space(task + size), method),
           args.seeds, root, select='eval_loss', higher_is_better=False,
           score=score, base=base,
           log=lambda s: print(s, file=sys.stderr, flush=True))
-    results['tasks'][args.task]['records'].append(record)
-    common.write_results(out, results, command)
-  print(common.write_results(out, results, command))
+    results['tasks'][task]['records'].append(record)
+    common.write_results(out, results, args.command)
+  print(common.write_results(out, results, args.command))
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, CONFIG)

@@ -3,13 +3,13 @@ all-MiniLM-L6-v2, learning rate searched per method, mean ± std over seeds.
 
   python -m experiments.nlu [--tasks=sst2,rte,cb] [--methods=...] \
       [--seeds=3] [--full] [--out=experiments/results/nlu] \
-      [--config.KEY=VALUE ...]   # e.g. --config.total_steps=1000
+      [--config=configs/nlu.py --config.KEY=VALUE ...]  # every run's config
 
 Runs live in --workdir (resumable; finished runs are read, not rerun);
 results.json, table.md and metric_vs_params.png go to --out. Sizes and the
 search space are in configs/nlu.py.
 """
-from experiments import common, papers
+from experiments import common, flags, papers
 from ntk_prefix import config as config_lib
 
 CONFIG = 'configs/nlu.py'
@@ -24,15 +24,14 @@ def results_folder(task: str = '') -> str:
   return 'experiments/results/nlu'
 
 
-def main(argv=None):
+def main(argv):
   module = config_lib.load_file(CONFIG)
-  p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
-                          WORKDIR)
-  p.add_argument('--tasks', default='sst2,rte,cb')
-  args, base, command = common.parse(p, argv, 'experiments.nlu')
+  args = flags.parsed(argv, 'experiments.nlu', CONFIG, WORKDIR,
+                      methods=module.METHODS)
+  base = args.base
   out = args.out or results_folder()
-  tasks = args.tasks.split(',')
-  methods = args.methods.split(',')
+  tasks = flags.TASKS.value or ['sst2', 'rte', 'cb']
+  methods = args.methods
   size = ',full' if args.full else ''
   results = {
       'title': 'Natural language understanding: all-MiniLM-L6-v2 (22.7M, '
@@ -56,8 +55,8 @@ def main(argv=None):
       'used for a choice. `none` trains the classifier head alone.')
   print(common.classification_tables(
       CONFIG, module, tasks, methods, args.seeds, size, base, args.workdir,
-      out, command, results))
+      out, args.command, results))
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, CONFIG)

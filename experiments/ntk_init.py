@@ -9,11 +9,12 @@ configs/ sizes, seed 0, each learning rate of --lrs), on the rows that
 choose the learning rate; no decoding. Writes
 experiments/results/<table>/ntk_init_<task>.md. Runs resume.
 """
-import argparse
 import os
 import sys
 
-from experiments import common, init_loss, lm, nlu
+from absl import flags as absl_flags
+
+from experiments import common, flags, init_loss, lm, nlu
 from ntk_prefix import atomic, config as config_lib, provenance
 
 # label -> (method label, options): the inits compared.
@@ -25,10 +26,13 @@ INITS = {
     'official_vit': ('ntk_attention:official_vit', {}),
 }
 WORKDIR = 'workdirs/experiments/ntk_init'
+LRS = absl_flags.DEFINE_list(
+    'lrs', ['0.003', '0.01'], 'Learning rates each init trains at '
+    '(experiments.ntk_init).')
 
 
 def measure(task: str, lrs: list, base: dict, workdir: str) -> dict:
-  table = nlu if task in config_lib.load_file(nlu.CONFIG).TASKS else lm
+  table = init_loss.table_for(task)
   spec = f'{table.CONFIG}:{task}'
   config = common.configured(spec, base)
   rows = {}
@@ -89,23 +93,20 @@ def render(result: dict, stamp: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--task', default='e2e_nlg')
-  p.add_argument('--lrs', default='0.003,0.01')
-  p.add_argument('--workdir', default=WORKDIR)
-  p.add_argument('--out', default='')
-  args, base, command = common.parse(p, argv, 'experiments.ntk_init')
-  result = measure(args.task, [float(x) for x in args.lrs.split(',')], base,
+def main(argv):
+  task = flags.TASK.value or 'e2e_nlg'
+  table = init_loss.table_for(task)
+  args = flags.parsed(argv, 'experiments.ntk_init', table.CONFIG, WORKDIR)
+  result = measure(task, [float(x) for x in LRS.value], args.base,
                    args.workdir)
-  text = render(result, provenance.stamp(command,
+  text = render(result, provenance.stamp(args.command,
                                          exclude=('experiments/results',)))
-  folder = (nlu.results_folder() if args.task in config_lib.load_file(
-      nlu.CONFIG).TASKS else lm.results_folder(args.task))
-  out = args.out or os.path.join(folder, f'ntk_init_{args.task}.md')
+  folder = (nlu.results_folder() if table is nlu
+            else lm.results_folder(task))
+  out = args.out or os.path.join(folder, f'ntk_init_{task}.md')
   atomic.write_text(out, text)
   print(text)
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, 'configs/lm.py (configs/nlu.py for an NLU --task)')

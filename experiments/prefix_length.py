@@ -3,7 +3,8 @@ prefix length m, with NTK-Attention as the m -> infinity point.
 
   python -m experiments.prefix_length --task=sst2      # MiniLM, dev accuracy
   python -m experiments.prefix_length --task=e2e_nlg   # SmolLM2, BLEU
-      [--lengths=1,4,16,64,256,1024] [--seeds=3] [--config.KEY=VALUE ...]
+      [--lengths=1,4,16,64,256,1024] [--seeds=3] \
+      [--config=configs/nlu.py --config.KEY=VALUE ...]  # lm.py for e2e_nlg
 
 P-Tuning v2 and Prefix-Tuning at every m, NTK-Attention, LoRA and the frozen
 model (`none`) as reference lines: each row searched and repeated exactly as
@@ -20,14 +21,23 @@ import os
 import sys
 
 import numpy as np
+from absl import flags as absl_flags
 
-from experiments import common, lm, nlu
+from experiments import common, flags, init_loss, lm, nlu
 from experiments.prefix_length_report import (PREFIX_METHODS, REFERENCES,
                                               plot, render)
 from ntk_prefix import atomic, config as config_lib, methods, provenance
 
-LENGTHS = '1,4,16,64,256,1024'
 WORKDIR = 'workdirs/experiments/prefix_length'
+LENGTHS = absl_flags.DEFINE_list(
+    'lengths', ['1', '4', '16', '64', '256', '1024'],
+    'Prefix lengths m of the explicit-prefix rows (experiments.prefix_length).')
+COMPRESS_STEPS = absl_flags.DEFINE_integer(
+    'compress_steps', 300, 'Steps fitting the largest-m P-Tuning v2 prefix '
+    'into NTK-Attention state (experiments.prefix_length).')
+MAX_EXTRA = absl_flags.DEFINE_integer(
+    'max_extra', common.MAX_EXTRA_POINTS, 'Learning rates the search may add '
+    'beyond its grid (experiments.prefix_length).', lower_bound=0)
 
 
 def results_folder(task: str) -> str:
@@ -125,21 +135,20 @@ def compressed(task: Task, record: dict, root: str, steps: int,
           record['prefix_length'], 'runs': runs}
 
 
-def main(argv=None):
-  p = common.table_parser(__doc__.split('\n')[0], PREFIX_METHODS, WORKDIR)
-  p.add_argument('--task', default='sst2')
-  p.add_argument('--lengths', default=LENGTHS)
-  p.add_argument('--compress_steps', type=int, default=300)
-  p.add_argument('--max_extra', type=int, default=common.MAX_EXTRA_POINTS)
-  args, base, command = common.parse(p, argv, 'experiments.prefix_length')
-  task = Task(args.task, base)
-  out = args.out or results_folder(args.task)
-  lengths = [int(x) for x in args.lengths.split(',')]
+def main(argv):
+  name = flags.TASK.value or 'sst2'
+  table = init_loss.table_for(name)
+  args = flags.parsed(argv, 'experiments.prefix_length', table.CONFIG,
+                      WORKDIR)
+  base = args.base
+  task = Task(name, base)
+  out = args.out or results_folder(name)
+  lengths = [int(x) for x in LENGTHS.value]
   log = lambda s: print(s, file=sys.stderr, flush=True)
   c = common.configured(task.spec, base)
   results = {
-      'title': f'Score and cost against prefix length: {args.task}',
-      'task': args.task, 'metric': task.metric,
+      'title': f'Score and cost against prefix length: {name}',
+      'task': name, 'metric': task.metric,
       'metric_label': 'BLEU' if task.lm else 'dev accuracy (%)',
       'scale': 100.0, 'seeds': args.seeds, 'records': [],
       'caption': (
@@ -152,24 +161,24 @@ def main(argv=None):
   largest = None
   for method in PREFIX_METHODS:
     for m in lengths:
-      root = common.run_root(args.workdir, f'{args.task}-m{m}', base)
+      root = common.run_root(args.workdir, f'{name}-m{m}', base)
       log(f'== {method} m={m}')
-      record = row(task, method, m, root, args.seeds, args.max_extra, log)
+      record = row(task, method, m, root, args.seeds, MAX_EXTRA.value, log)
       results['records'].append(record)
       if method == 'p_tuning_v2' and m == max(lengths):
         largest = (record, root)
-      write(out, results, command)
+      write(out, results, args.command)
   for method in REFERENCES:
     log(f'== {method}')
-    root = common.run_root(args.workdir, args.task, base)
+    root = common.run_root(args.workdir, name, base)
     results['records'].append(row(task, method, None, root, args.seeds,
-                                  args.max_extra, log))
-    write(out, results, command)
+                                  MAX_EXTRA.value, log))
+    write(out, results, args.command)
   if largest is not None:
     log('== P-Tuning v2 at the largest m, compressed')
     results['compressed'] = compressed(task, largest[0], largest[1],
-                                       args.compress_steps, log)
-  print(write(out, results, command))
+                                       COMPRESS_STEPS.value, log)
+  print(write(out, results, args.command))
 
 
 def write(out: str, results: dict, command: str) -> str:
@@ -184,4 +193,4 @@ def write(out: str, results: dict, command: str) -> str:
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, 'configs/nlu.py (configs/lm.py for a generation --task)')

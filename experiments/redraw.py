@@ -3,13 +3,13 @@
 Rewrites table.md and metric_vs_params.png of results folders from their
 results.json alone (no training), e.g. after changing the plot style.
 """
-import sys
+from absl import app
 
 from experiments import render
 
 
-def main(argv=None):
-  folders = sys.argv[1:] if argv is None else argv
+def main(argv):
+  folders = argv[1:]
   if not folders:
     raise SystemExit('usage: python -m experiments.redraw DIR [DIR ...]')
   for folder in folders:
@@ -17,4 +17,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -2,6 +2,7 @@ r"""The vision table: every method fine-tuning a ViT on an image set.
 
   python -m experiments.vision                      # PIPELINE CHECK (below)
   python -m experiments.vision --dataset=tfds:cifar100 \
+      --config=configs/vision.py \
       --config.model.path=/path/to/vit-base-patch16-224-in21k [--full]
 
 The NTK-Attention paper fine-tunes ViT-B/16 (in21k) on CIFAR-100 and
@@ -13,10 +14,16 @@ seeds, results folder), and its numbers are not a result.
 """
 import os
 
-from experiments import common
+from absl import flags as absl_flags
+
+from experiments import common, flags
 from ntk_prefix import config as config_lib
 
 CONFIG = 'configs/vision.py'
+WORKDIR = 'workdirs/experiments/vision'
+DATASET = absl_flags.DEFINE_string(
+    'dataset', 'digits', "tfds:NAME of a prepared tfds image set, or 'digits' "
+    '(experiments.vision).')
 
 
 def tiny_random_vit(path: str) -> str:
@@ -35,23 +42,21 @@ def tiny_random_vit(path: str) -> str:
   return path
 
 
-def main(argv=None):
+def main(argv):
   module = config_lib.load_file(CONFIG)
-  p = common.table_parser(__doc__.split('\n')[0], module.METHODS,
-                          'workdirs/experiments/vision')
-  p.add_argument('--dataset', default='digits',
-                 help="tfds:NAME of a prepared tfds image set, or 'digits'")
-  args, base, command = common.parse(p, argv, 'experiments.vision')
+  args = flags.parsed(argv, 'experiments.vision', CONFIG, WORKDIR,
+                      methods=module.METHODS)
+  dataset, base = DATASET.value, dict(args.base)
   check = 'model.path' not in base
   if check:
-    if args.dataset != 'digits':
-      raise SystemExit(f'--dataset={args.dataset} needs a pretrained ViT: '
-                       'pass --config.model.path=DIR.')
+    if dataset != 'digits':
+      raise SystemExit(f'--dataset={dataset} needs a pretrained ViT: '
+                       f'pass --config={CONFIG} --config.model.path=DIR.')
     base['model.path'] = tiny_random_vit(
         os.path.join(args.workdir, 'tiny_random_vit'))
   size = ',full' if args.full else ''
-  c = common.configured(f'{CONFIG}:{args.dataset}{size}', base)
-  name = args.dataset.replace('tfds:', '')
+  c = common.configured(f'{CONFIG}:{dataset}{size}', base)
+  name = dataset.replace('tfds:', '')
   out = args.out or ('experiments/results/vision_pipeline_check' if check
                      else f'experiments/results/vision_{name}')
   title = (f'PIPELINE CHECK, NOT A RESULT: tiny randomly initialised ViT on '
@@ -61,7 +66,7 @@ def main(argv=None):
       'title': title, 'metric': 'test_accuracy',
       'metric_label': 'test accuracy (%)', 'scale': 100.0,
       'select_label': 'held-out accuracy by lr', 'seeds': args.seeds,
-      'task_names': {args.dataset: name}, 'papers': [],
+      'task_names': {dataset: name}, 'papers': [],
       'caption': (
           ('The weights are random and the images are 8x8 digits upsampled '
            'to 32x32: this table shows that every method trains a vision '
@@ -71,9 +76,9 @@ def main(argv=None):
           f'`{c.task.train_split}`, lr chosen on `{c.task.eval_split}`, '
           f'scored on `{c.task.test_split}`; grid in configs/vision.py.')}
   print(common.classification_tables(
-      CONFIG, module, [args.dataset], args.methods.split(','), args.seeds,
-      size, base, args.workdir, out, command, results))
+      CONFIG, module, [dataset], args.methods, args.seeds,
+      size, base, args.workdir, out, args.command, results))
 
 
 if __name__ == '__main__':
-  main()
+  flags.run(main, CONFIG)

@@ -139,3 +139,21 @@ def train_command(c, workdir, *extra):
       node = node[part]
     cmd.append(f'--config.{key}={node}')
   return cmd + list(extra)
+
+
+@pytest.fixture
+def command(monkeypatch):
+  """command(module, argv): `python -m MODULE ARGV` in this process, its
+  absl flags parsed as app.run parses them (config_flags reads sys.argv)."""
+  import sys
+  from absl import flags
+
+  def run(module, argv):
+    values = flags.FLAGS
+    # config_flags defines one flag per --config.KEY at each parse.
+    for name in [n for n in values if n.startswith('config.')]:
+      delattr(values, name)
+    values.unparse_flags()
+    monkeypatch.setattr(sys, 'argv', [module.__name__, *argv])
+    return module.main(values(sys.argv))
+  return run

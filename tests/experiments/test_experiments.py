@@ -116,17 +116,17 @@ def tiny_encoder(tmp_path_factory):
   return path
 
 
-def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
+def test_nlu_table_command(tiny_encoder, tmp_path, command):
   """Search on held-out rows, seeds at the chosen rate, results folder with
   command and commit; a rerun trains nothing; redraw rebuilds the files."""
   out, work = tmp_path / 'out', tmp_path / 'runs'
   argv = ['--tasks=cb', '--methods=none,ntk_attention', '--seeds=2',
           f'--out={out}', f'--workdir={work}',
-          f'--config.model.path={tiny_encoder}',
+          '--config=configs/nlu.py', f'--config.model.path={tiny_encoder}',
           f'--config.task.prepared_dir={tmp_path / "tfds"}',
           '--config.total_steps=3', '--config.batch_size=8',
           '--config.eval_batch_size=32', '--config.task.max_length=32']
-  nlu.main(argv)
+  command(nlu, argv)
   results = json.loads((out / 'results.json').read_text())
   assert results['commit'] and results['date']
   assert 'experiments.nlu' in results['command']
@@ -155,7 +155,7 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
 
   mtimes = {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')}
   assert len(mtimes) == sum(r['runs_spent'] for r in records)
-  nlu.main(argv)
+  command(nlu, argv)
   assert {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')} == \
       mtimes
   # The rerun restamps results.json (its time may fall in a later minute), so
@@ -165,12 +165,12 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
   from ntk_prefix import sweep
   one = next(work.rglob('config.json')).parent
   changed = common.configured(f'{nlu.CONFIG}:cb', {
-      **common.config_overrides(argv[5:]), 'total_steps': 4})
+      **common.config_overrides(argv[6:]), 'total_steps': 4})
   with pytest.raises(ValueError, match='another config'):
     sweep.run_point(changed, str(one))
   (out / 'table.md').unlink()
   (out / 'metric_vs_params.png').unlink()
-  redraw.main([str(out)])
+  redraw.main(['redraw', str(out)])
   assert (out / 'table.md').read_text() == table
 
   # One grid point further out for each choice at an end of the grid: the
@@ -209,19 +209,21 @@ def test_nlu_table_command(tiny_encoder, tmp_path, capsys):
   assert (out / 'metric_vs_params.png').exists()
 
 
-def test_lm_table_command(hf_checkpoint, tmp_path):
+def test_lm_table_command(hf_checkpoint, tmp_path, command):
   """Train, decode the fixed test subset with each run's state, BLEU."""
   from ntk_prefix import checkpoints
   path, _ = hf_checkpoint('llama', vocab_size=49152)
   checkpoints.load_tokenizer(
       checkpoints.default_decoder_path()).save_pretrained(path)
   out, work = tmp_path / 'out', tmp_path / 'runs'
-  lm.main(['--task=e2e_nlg', '--methods=none,p_tuning_v2', '--seeds=1',
-           f'--out={out}', f'--workdir={work}', f'--config.model.path={path}',
-           f'--config.task.prepared_dir={tmp_path / "tfds"}',
-           '--config.total_steps=2', '--config.batch_size=8',
-           '--config.task.max_length=64', '--config.decode.rows=3',
-           '--config.decode.max_new_tokens=4'])
+  command(lm, [
+      '--task=e2e_nlg', '--methods=none,p_tuning_v2', '--seeds=1',
+      f'--out={out}', f'--workdir={work}', '--config=configs/lm.py',
+      f'--config.model.path={path}',
+      f'--config.task.prepared_dir={tmp_path / "tfds"}',
+      '--config.total_steps=2', '--config.batch_size=8',
+      '--config.task.max_length=64', '--config.decode.rows=3',
+      '--config.decode.max_new_tokens=4'])
   results = json.loads((out / 'results.json').read_text())
   records = results['tasks']['e2e_nlg']['records']
   assert [r['method'] for r in records] == ['none', 'p_tuning_v2']
@@ -250,7 +252,7 @@ def test_lm_table_command(hf_checkpoint, tmp_path):
   assert lm.score_e2e([r[0] for r in refs], refs)['bleu'] == pytest.approx(1.0)
 
 
-def test_init_loss_command(hf_checkpoint, tmp_path):
+def test_init_loss_command(hf_checkpoint, tmp_path, command):
   """Methods that start at the identity start at the frozen model's loss."""
   from experiments import init_loss
   from ntk_prefix import checkpoints
@@ -274,11 +276,11 @@ def test_init_loss_command(hf_checkpoint, tmp_path):
   assert losses['ntk_attention:official_vit'] == pytest.approx([frozen] * 2,
                                                                rel=1e-6)
   assert abs(losses['ntk_attention'][0] - frozen) > 1e-6
-  init_loss.main(['--methods=none,lora', '--seeds=1', f'--out={out}',
-                  f'--config.model.path={path}',
-                  f'--config.task.prepared_dir={tmp_path / "tfds"}',
-                  '--config.task.max_length=64',
-                  '--config.task.eval_split=train[-16:]'])
+  command(init_loss, [
+      '--methods=none,lora', '--seeds=1', f'--out={out}',
+      '--config=configs/lm.py', f'--config.model.path={path}',
+      f'--config.task.prepared_dir={tmp_path / "tfds"}',
+      '--config.task.max_length=64', '--config.task.eval_split=train[-16:]'])
   text = out.read_text()
   assert 'python -m experiments.init_loss --methods=none,lora' in text
   assert '| lora |' in text and '+0.000 |' in text
@@ -380,15 +382,15 @@ def test_redraw_reproduces_every_committed_table(tmp_path):
       assert render.render(str(tmp_path)) == f.read(), name
 
 
-def test_prefix_length_command(tiny_encoder, tmp_path):
+def test_prefix_length_command(tiny_encoder, tmp_path, command):
   """Every prefix length for both prefix methods, the reference rows, the
   cost columns, the compressed point, and the figure."""
   from experiments import prefix_length
   out, work = tmp_path / 'out', tmp_path / 'runs'
-  prefix_length.main([
+  command(prefix_length, [
       '--task=cb', '--lengths=1,4', '--seeds=2', '--max_extra=0',
       '--compress_steps=20', f'--out={out}', f'--workdir={work}',
-      f'--config.model.path={tiny_encoder}',
+      '--config=configs/nlu.py', f'--config.model.path={tiny_encoder}',
       f'--config.task.prepared_dir={tmp_path / "tfds"}',
       '--config.total_steps=2', '--config.batch_size=8',
       '--config.eval_batch_size=32', '--config.task.max_length=32'])
