@@ -75,9 +75,10 @@ def launch(n: int, devices: int, args: list,
     threads.append(t)
   code = 0
   try:
-    while any(p.poll() is None for p in procs):
-      failed = [(i, p.returncode) for i, p in enumerate(procs)
-                if p.returncode not in (None, 0)]
+    # Poll every process each round: any() would stop at the first live
+    # one and never reap a killed process behind it.
+    while None in (codes := [p.poll() for p in procs]):
+      failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
       if failed:
         i, code = failed[0]
         out.write(f'[launch] process {i} exited with {code}; stopping the '
