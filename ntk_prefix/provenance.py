@@ -7,18 +7,21 @@ import subprocess
 
 # Untracked files here change what a command runs, so they mark a stamp too.
 SOURCE_DIRS = ('ntk_prefix', 'configs', 'experiments', 'benchmarks')
+# Outputs, not code: a table being written must not mark the runs it
+# starts next as '+changes'.
+OUTPUTS = ('experiments/results', 'benchmarks/results')
 
 
 def git_commit(exclude: tuple = ()) -> str:
   """The short commit, with '+changes' when a tracked file differs from it
-  or an untracked file exists under SOURCE_DIRS (paths in `exclude`, such
-  as the results being written, do not count)."""
+  or an untracked file exists under SOURCE_DIRS (OUTPUTS and paths in
+  `exclude` do not count)."""
   try:
     git = lambda *a: subprocess.check_output(['git', *a], text=True,
                                              stderr=subprocess.DEVNULL)
     commit = git('rev-parse', '--short', 'HEAD').strip()
     root = git('rev-parse', '--show-toplevel').strip()
-    skip = [f':!{p}' for p in exclude]
+    skip = [f':!{p}' for p in (*OUTPUTS, *exclude)]
     changed = git('-C', root, 'diff', '--name-only', 'HEAD', '--', '.', *skip)
     untracked = git('-C', root, 'ls-files', '--others', '--exclude-standard',
                     '--', *SOURCE_DIRS, *skip)

@@ -267,3 +267,14 @@ def test_provenance_marks_untracked_source_files(tmp_path, monkeypatch):
   assert provenance.git_commit().endswith('+changes')
   assert not provenance.git_commit(exclude=('ntk_prefix/new.py',)).endswith(
       '+changes')
+  # A results table, tracked and rewritten while its runs train, is output:
+  # the runs it starts next are stamped with the clean commit.
+  (tmp_path / 'ntk_prefix' / 'new.py').unlink()
+  (tmp_path / 'experiments' / 'results').mkdir(parents=True)
+  (tmp_path / 'experiments' / 'results' / 'table.md').write_text('old\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'b')
+  (tmp_path / 'experiments' / 'results' / 'table.md').write_text('new\n')
+  assert not provenance.git_commit().endswith('+changes')
+  (tmp_path / 'experiments' / 'x.py').write_text('z = 3\n')
+  assert provenance.git_commit().endswith('+changes')
