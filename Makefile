@@ -33,7 +33,7 @@ run: install
 # process): 12 minutes on 2 cores against 17 serially, as XLA's compiles of
 # one worker overlap the other's steps.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 # Timings and memory (about 20 minutes on 2 cores): benchmarks/results/.
 bench: install

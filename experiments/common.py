@@ -77,6 +77,10 @@ def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
 # by this many points at most (the same rule for every method).
 MAX_EXTRA_POINTS = 4
 SEARCH_KEY = 'optimizer.lr'
+SEARCH_RULE = (
+    'extended outward (next rate on the 1-3-10 ladder) while the best '
+    f'held-out score sits at an end, by at most {MAX_EXTRA_POINTS} points; '
+    'a choice still at an end is marked (edge)')
 
 
 def next_rate(value: float, up: bool) -> float:

@@ -50,7 +50,8 @@ def main(argv):
       ('Full size' if args.full else 'This machine\'s size (2 CPU cores)') +
       ': ' + '; '.join(sizes) + '. Every method: the same steps, a '
       f"{len(module.get_search_space(tasks[0] + size)['none'])}-point "
-      'learning-rate grid with seed 0 (configs/nlu.py), then the chosen '
+      'learning-rate grid with seed 0 (configs/nlu.py), '
+      f'{common.SEARCH_RULE}, then the chosen '
       f'rate at seeds 1..{args.seeds - 1}. The reported dev set is never '
       'used for a choice. `none` trains the classifier head alone.')
   print(common.classification_tables(

@@ -74,7 +74,8 @@ def main(argv):
            'pretrained ViTs. ' if check else '') +
           f'{c.total_steps} steps × batch {c.batch_size} on '
           f'`{c.task.train_split}`, lr chosen on `{c.task.eval_split}`, '
-          f'scored on `{c.task.test_split}`; grid in configs/vision.py.')}
+          f'scored on `{c.task.test_split}`; grid in configs/vision.py, '
+          f'{common.SEARCH_RULE}.')}
   print(common.classification_tables(
       CONFIG, module, [dataset], args.methods, args.seeds,
       size, base, args.workdir, out, args.command, results))
