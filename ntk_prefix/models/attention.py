@@ -150,9 +150,13 @@ def _ntk_sums(qg, ntk: NtkState, batch: int) -> tuple:
   z = ntk.z.astype(F32).reshape(lead + (kv_heads, groups, features, head_dim))
   k_abs = jnp.abs(ntk.k.astype(F32)).reshape(lead + (kv_heads, groups,
                                                      features))
-  s = 'b' if lead else ''
-  num = jnp.einsum(f'bhgqr,{s}hgrd->bhgqd', phi_q, z)
-  den = jnp.einsum(f'bhgqr,{s}hgr->bhgq', phi_q, k_abs)  # >= 0
+  if not lead:  # batch-major operands: XLA:CPU then runs one batched matmul
+    # with (b, h, g) leading, where a state shared over b made it transpose
+    # phi(q) to [h, g, b*q, r] and back, forward and backward.
+    z = jnp.broadcast_to(z, (batch,) + z.shape)
+    k_abs = jnp.broadcast_to(k_abs, (batch,) + k_abs.shape)
+  num = jnp.einsum('bhgqr,bhgrd->bhgqd', phi_q, z)
+  den = jnp.einsum('bhgqr,bhgr->bhgq', phi_q, k_abs)  # >= 0
   return ('ntk', jnp.log(den), num, den)
 
 
