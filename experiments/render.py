@@ -146,8 +146,10 @@ def plot(results: dict, path: str) -> None:
   if not tasks:
     return
   metric, scale = results['metric'], results.get('scale', 1.0)
-  fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2),
+  fig, axes = plt.subplots(1, len(tasks), figsize=(7.4 * len(tasks), 4.4),
                            squeeze=False)
+  colors, markers = {}, {'': 'o'}  # one colour per method, one marker per
+  # preset, the same in every panel
   for ax, task in zip(axes[0], tasks):
     points = []
     for r in results['tasks'][task]['records']:
@@ -157,11 +159,18 @@ def plot(results: dict, path: str) -> None:
                    label=f"{r['method']} (nothing trained): {m:.1f}")
         continue
       x = r['trainable_params']
-      color = 'C3' if r['method'] == 'ntk_attention' else 'C0'
-      ax.errorbar([x], [m], yerr=[s], fmt='o', color=color, capsize=3)
+      # A method's presets share its colour and x: open markers tell them
+      # apart, named in the legend (labels beside the points collided).
+      base, _, preset = r['method'].partition(':')
+      color = colors.setdefault(base, f'C{len(colors) % 10}')
+      marker = markers.setdefault(preset, 'os^Dv<>'[len(markers) % 7])
+      ax.errorbar([x], [m], yerr=[s], fmt=marker, color=color, capsize=3,
+                  markerfacecolor='none' if preset else color,
+                  label=f"{r['method']}: {m:.1f}")
       points.append((x, m, r['method']))
     if ax.get_legend_handles_labels()[1]:
-      ax.legend(loc='best', fontsize=8)
+      ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7,
+                frameon=False)
     ax.set_xscale('log')
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if points:  # whole decades, with room for the outermost labels
@@ -174,7 +183,6 @@ def plot(results: dict, path: str) -> None:
     if low < 0:  # scores are never negative; an all-zero row reached -0.04
       high = max(high, 1.0)
       ax.set_ylim(-0.03 * high, high)
-    _label(ax, points)
     ax.set_xlabel('trainable parameters (log)')
     ax.set_ylabel(results['metric_label'])
     ax.set_title(results['task_names'].get(task, task))
@@ -184,24 +192,6 @@ def plot(results: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
-
-
-def _label(ax, points: list) -> None:
-  """Names beside points, each placed where it overlaps no earlier one."""
-  ax.figure.canvas.draw()
-  placed = []
-  for x, y, name in sorted(points):
-    px, py = ax.transData.transform((x, y))
-    w, h = 5.5 * len(name), 9
-    for dx, dy in ((5, 4), (5, -13), (-w - 5, 4), (-w - 5, -13), (5, 14),
-                   (5, -23)):
-      box = (px + dx, py + dy, px + dx + w, py + dy + h)
-      if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and
-                 b[1] < box[3] for b in placed):
-        break
-    placed.append(box)
-    ax.annotate(name, (x, y), textcoords='offset points', fontsize=8,
-                xytext=(dx * 72 / ax.figure.dpi, dy * 72 / ax.figure.dpi))
 
 
 def render(folder: str) -> str:
