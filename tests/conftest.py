@@ -141,6 +141,16 @@ def train_command(c, workdir, *extra):
   return cmd + list(extra)
 
 
+def read_metrics(workdir):
+  import json
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def losses(workdir):
+  return [r['train_loss'] for r in read_metrics(workdir) if 'train_loss' in r]
+
+
 @pytest.fixture
 def command(monkeypatch):
   """command(module, argv): `python -m MODULE ARGV` in this process, its

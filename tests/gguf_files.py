@@ -1,5 +1,5 @@
 """Tiny GGUF files for the tests, written the way llama.cpp's converter
-writes them (shared by tests/checkpoints and tests/test_bad_input.py)."""
+writes them (shared by the tests under tests/checkpoints/)."""
 import numpy as np
 
 

@@ -1,14 +1,12 @@
-"""Bad checkpoints and inputs give one clear error; exports round-trip."""
+"""Bad checkpoints and inputs give one clear error."""
 import json
-import os
 import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import text_batch
-from ntk_prefix import checkpoints, export, methods, models
+from ntk_prefix import checkpoints, methods, models
 
 
 def test_missing_folder(tmp_path):
@@ -57,20 +55,3 @@ def test_too_long_input_is_an_error(hf_checkpoint):
     models.apply(cfg, frozen, params, {'input_ids': ids[:, :60]},
                  adapter=method)
 
-
-def test_export_round_trip_and_dimension_check(hf_checkpoint, tmp_path):
-  path, _ = hf_checkpoint('llama')
-  cfg, frozen, _ = checkpoints.load(path)
-  method = methods.get('prefix_tuning', cfg, {'length': 3, 'mlp_hidden': 8})
-  params = method.init(jax.random.PRNGKey(0))
-  export.save(str(tmp_path / 'x'), method, params, path)
-  method2, params2 = export.load(str(tmp_path / 'x'), cfg)
-  ids, mask = text_batch(97)
-  batch = {'input_ids': ids, 'attention_mask': mask}
-  a = models.apply(cfg, frozen, params, batch, adapter=method)['logits']
-  b = models.apply(cfg, frozen, params2, batch, adapter=method2)['logits']
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  other, _ = hf_checkpoint('gpt2')
-  other_cfg, _, _ = checkpoints.load(other)
-  with pytest.raises(methods.MethodError, match='differ in'):
-    export.load(str(tmp_path / 'x'), other_cfg)

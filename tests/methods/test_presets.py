@@ -1,7 +1,5 @@
 """Named presets reproduce their sources' configurations; official_vit holds
 k at exactly zero while Z trains."""
-import os
-
 import jax
 import numpy as np
 import pytest

@@ -1,0 +1,57 @@
+"""Configs: a misspelt key, a field the base does not have, and a config
+that cannot run are each refused with the fix, before any compute."""
+import pytest
+
+from conftest import REPO, tiny_config
+from ntk_prefix import config as config_lib, train
+
+
+def test_command_line_through_absl_names_a_misspelt_key(tmp_path):
+  """train's command line is absl + an ml_collections config flag; a
+  misspelt --config.KEY stops before any compute with the nearest keys, and
+  a config file that adds a field the base does not have is an error too
+  (the base config is locked)."""
+  import subprocess
+  import sys
+  run = lambda *a: subprocess.run(
+      [sys.executable, '-m', 'ntk_prefix.train', *a], cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  proc = run(f'--config={REPO}/configs/default.py:runlocal',
+             f'--workdir={tmp_path / "w"}', '--config.modle.path=x')
+  assert proc.returncode != 0
+  assert "Nearest valid keys: ['model.path'" in proc.stdout + proc.stderr
+  assert not (tmp_path / 'w').exists()
+  bad = tmp_path / 'bad.py'
+  bad.write_text('from ntk_prefix.config import base_config\n'
+                 'def get_config():\n  c = base_config()\n'
+                 '  c.optimizer.learning_rate = 0.1\n  return c\n')
+  proc = run(f'--config={bad}', f'--workdir={tmp_path / "w"}')
+  assert proc.returncode != 0
+  assert 'learning_rate' in proc.stdout + proc.stderr
+  assert 'locked' in proc.stdout + proc.stderr
+
+
+def test_config_errors_are_clear(tiny_encoder, prepared_dir, tmp_path):
+  c = tiny_config(tiny_encoder, prepared_dir)
+  with pytest.raises(KeyError, match=r"optimizer.lr'\]|Nearest.*optimizer.lr"):
+    config_lib.override(c, 'optimizer.lrr', '1')
+  with pytest.raises(ValueError, match='needs 64 devices but 8'):
+    train.build(tiny_config(tiny_encoder, prepared_dir, **{'mesh.data': 64}))
+  with pytest.raises(ValueError, match='batch_size=6 is not divisible'):
+    train.build(tiny_config(tiny_encoder, prepared_dir, batch_size=6,
+                            **{'mesh.data': 4}))
+  with pytest.raises(ValueError, match="has no split 'test'"):
+    train.build(tiny_config(tiny_encoder, prepared_dir,
+                            **{'task.eval_split': 'test'}))
+  with pytest.raises(FileNotFoundError, match='missing data file'):
+    train.build(tiny_config(tiny_encoder, str(tmp_path / 'p'), **{
+        'task.data_dir': str(tmp_path / 'nowhere')}))
+  with pytest.raises(ValueError, match='encoder'):
+    train.build(tiny_config(tiny_encoder, prepared_dir,
+                            **{'task.name': 'gsm8k'}))
+  with pytest.raises(ValueError, match='exceeds'):
+    train.build(tiny_config(tiny_encoder, prepared_dir, **{
+        'task.max_length': 60, 'method.name': 'p_tuning_v2'}))
+  with pytest.raises(ValueError, match='more than task.max_length'):
+    train.build(tiny_config(tiny_encoder, str(tmp_path / 'q'), **{
+        'task.truncate': False, 'task.max_length': 8}))
