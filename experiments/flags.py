@@ -50,11 +50,16 @@ class Command:
 
 
 def parsed(argv: list, module: str, config_file: str, workdir: str, *,
-           methods=(), seeds: int = 3) -> Command:
-  """The flags of `python -m MODULE` whose runs use CONFIG_FILE."""
+           methods=(), seeds: int = 3, unused: tuple = ()) -> Command:
+  """The flags of `python -m MODULE` whose runs use CONFIG_FILE; a shared
+  flag in `unused` means nothing to MODULE, so giving it is an error."""
   if len(argv) > 1:
     raise app.UsageError(f'{module}: unexpected arguments {argv[1:]}; '
                          'every option is a --flag (see --helpfull).')
+  for name in unused:
+    if flags.FLAGS[name].present:
+      raise app.UsageError(f'--{name}: {module} has no such option '
+                           '(its options: --helpfull).')
   base = {}
   if cli.CONFIG.value is not None:
     spec = config_flags.get_config_filename(flags.FLAGS['config'])

@@ -133,7 +133,8 @@ def main(argv):
                      '--task=TASK.')
   module, task = TABLES[TABLE.value][0], flags.TASK.value
   args = flags.parsed(argv, 'experiments.grid_edge', module.CONFIG,
-                      module.WORKDIR)
+                      module.WORKDIR, unused=('methods', 'seeds', 'full',
+                                              'out', 'tasks'))
   folder = RESULTS.value or module.results_folder(task)
   path = os.path.join(folder, 'results.json')
   if not os.path.exists(path):

@@ -78,7 +78,8 @@ def main(argv):
   table = table_for(task)
   module = config_lib.load_file(table.CONFIG)
   args = flags.parsed(argv, 'experiments.init_loss', table.CONFIG, '',
-                      methods=module.METHODS, seeds=2)
+                      methods=module.METHODS, seeds=2,
+                      unused=('full', 'workdir', 'tasks'))
   config = common.configured(f'{table.CONFIG}:{task}', args.base)
   losses = initial_losses(config, args.methods, args.seeds)
   text = render(losses, task, config.task.eval_split, provenance.stamp(

@@ -182,7 +182,7 @@ def results_folder(task: str) -> str:
 def main(argv):
   module = config_lib.load_file(CONFIG)
   args = flags.parsed(argv, 'experiments.lm', CONFIG, WORKDIR,
-                      methods=module.METHODS)
+                      methods=module.METHODS, unused=('tasks',))
   task = flags.one_of('task', flags.TASK.value or 'gsm8k', TASK_NAMES)
   base = args.base
   size = ',full' if args.full else ''

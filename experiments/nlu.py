@@ -27,7 +27,7 @@ def results_folder(task: str = '') -> str:
 def main(argv):
   module = config_lib.load_file(CONFIG)
   args = flags.parsed(argv, 'experiments.nlu', CONFIG, WORKDIR,
-                      methods=module.METHODS)
+                      methods=module.METHODS, unused=('task',))
   base = args.base
   out = args.out or results_folder()
   tasks = flags.TASKS.value or ['sst2', 'rte', 'cb']

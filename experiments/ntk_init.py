@@ -96,7 +96,8 @@ def render(result: dict, stamp: dict) -> str:
 def main(argv):
   task = flags.TASK.value or 'e2e_nlg'
   table = init_loss.table_for(task)
-  args = flags.parsed(argv, 'experiments.ntk_init', table.CONFIG, WORKDIR)
+  args = flags.parsed(argv, 'experiments.ntk_init', table.CONFIG, WORKDIR,
+                      unused=('methods', 'seeds', 'full', 'tasks'))
   result = measure(task, [float(x) for x in LRS.value], args.base,
                    args.workdir)
   text = render(result, provenance.stamp(args.command,

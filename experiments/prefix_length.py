@@ -139,7 +139,7 @@ def main(argv):
   name = flags.TASK.value or 'sst2'
   table = init_loss.table_for(name)
   args = flags.parsed(argv, 'experiments.prefix_length', table.CONFIG,
-                      WORKDIR)
+                      WORKDIR, unused=('methods', 'full', 'tasks'))
   base = args.base
   task = Task(name, base)
   out = args.out or results_folder(name)

@@ -45,7 +45,7 @@ def tiny_random_vit(path: str) -> str:
 def main(argv):
   module = config_lib.load_file(CONFIG)
   args = flags.parsed(argv, 'experiments.vision', CONFIG, WORKDIR,
-                      methods=module.METHODS)
+                      methods=module.METHODS, unused=('task', 'tasks'))
   dataset, base = DATASET.value, dict(args.base)
   check = 'model.path' not in base
   if check:
