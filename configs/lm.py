@@ -33,8 +33,9 @@ FULL = {
     'e2e_nlg': dict(max_length=128, holdout=200, steps=5 * 41861 // 10,
                     batch=10, test_rows=-1, max_new_tokens=96, beams=5),
 }
-# The model before adaptation first, then every registered method.
-METHODS = methods.UNADAPTED + methods.ADAPTING
+# The model before adaptation first, then every registered method, each
+# beside its presets that change an option (the official runs).
+METHODS = methods.table_rows(methods.UNADAPTED + methods.ADAPTING)
 # Four points each (this machine searches the middle two first): each
 # method's own `decoder_lr_grid` where it has one, else its `lr_grid`; the
 # model before adaptation is decoded, never trained.

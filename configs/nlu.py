@@ -24,7 +24,9 @@ TRAIN_ROWS = {'sst2': 67349, 'rte': 2490, 'cb': 250, 'boolq': 9427}
 # steps at batch 16, so the table regenerates in about two hours.
 QUICK_STEPS = {'sst2': 200, 'rte': 100, 'cb': 100, 'boolq': 100}
 
-METHODS = methods.NAMES  # every registered method; 'none': the head alone
+# Every registered method ('none': the head alone), each beside its presets
+# that change an option (the official runs' configurations).
+METHODS = methods.table_rows(methods.NAMES)
 # Learning-rate grid per method, four points each (the method's own
 # `lr_grid`); this machine searches the middle two first. Centred on each
 # family's usual rates (full fine-tuning needs ~100x smaller steps than a

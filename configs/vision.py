@@ -14,7 +14,7 @@ import os
 from ntk_prefix import methods, sweep
 from ntk_prefix.config import base_config, load_file
 
-METHODS = methods.NAMES
+METHODS = methods.table_rows(methods.NAMES)
 # The NLU table's grid: the method, not the data, sets the scale of a step.
 LR_GRID = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                  'nlu.py')).LR_GRID

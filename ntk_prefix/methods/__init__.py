@@ -65,6 +65,19 @@ UNADAPTED = tuple(n for n, cls in REGISTRY.items() if not cls.adapts)
 MIXABLE = tuple(n for n, cls in REGISTRY.items() if cls.mixable)
 
 
+def table_rows(names) -> tuple:
+  """`names`, each followed by its presets that change one of its options
+  ('NAME:PRESET'): a table sets every method beside its official runs."""
+  rows = []
+  for name in names:
+    rows.append(name)
+    cls = REGISTRY[name]
+    defaults = cls.Options()
+    rows += [f'{name}:{preset}' for preset, p in cls.presets.items()
+             if any(getattr(defaults, k) != v for k, v in p.options.items())]
+  return tuple(rows)
+
+
 def lr_grids() -> dict:
   """{name: its default 4-point learning-rate grid}."""
   return {n: tuple(cls.lr_grid) for n, cls in REGISTRY.items()}

@@ -109,3 +109,13 @@ def test_presets_command_lists_every_official_preset_with_its_source():
     assert line in text
   assert text.count('source: ') == 6
   assert 'ntk_vit_cifar.py' in text and 'run_rte_bert.sh' in text
+
+
+def test_tables_set_each_method_beside_its_option_changing_presets():
+  rows = methods.table_rows(methods.NAMES)
+  assert rows[:3] == ('ntk_attention', 'ntk_attention:official_vit',
+                      'ntk_attention:official_glm')
+  assert 'p_tuning_v2:official' in rows and 'lopa:official' in rows
+  # IAPT's 'paper' preset is its default: no second row of the same runs.
+  assert 'iapt' in rows and not any(r.startswith('iapt:') for r in rows)
+  assert [r for r in rows if ':' not in r] == list(methods.NAMES)
