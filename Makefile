@@ -29,9 +29,10 @@ install: $(STAMP)
 run: install
 	$(PY) -m ntk_prefix.train --config=configs/default.py --workdir=$(WORKDIR)
 
-# Two workers, one test file each at a time (module fixtures stay in one
-# process): 12 minutes on 2 cores against 17 serially, as XLA's compiles of
-# one worker overlap the other's steps.
+# Two workers that steal tests from each other's queue (a module fixture
+# may then be built in both): about 10 minutes on 2 cores, against 15 with
+# one file per worker at a time, as XLA's compiles of one worker overlap the
+# other's steps.
 test: install
 	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
