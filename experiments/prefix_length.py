@@ -6,12 +6,14 @@ prefix length m, with NTK-Attention as the m -> infinity point.
       [--lengths=1,4,16,64,256,1024] [--seeds=3] \
       [--config=configs/nlu.py --config.KEY=VALUE ...]  # lm.py for e2e_nlg
 
-P-Tuning v2 and Prefix-Tuning at every m, NTK-Attention, LoRA and the frozen
-model (`none`) as reference lines: each row searched and repeated exactly as
-the main tables do (configs/nlu.py or configs/lm.py sizes, the extending
-learning-rate search, seeds). Each configuration's train-step time and XLA
-peak memory are measured on one training batch. The compressed point: the
-P-Tuning v2 runs at the largest m, fitted into NTK-Attention state by
+Every explicit-prefix method (methods.PREFIX_METHODS: P-Tuning v2,
+Prefix-Tuning) at every m; as reference lines the m = infinity method
+(NTK-Attention), the weight-space methods (LoRA, full fine-tuning) and the
+frozen model: each row searched and repeated exactly as the main tables do
+(configs/nlu.py or configs/lm.py sizes, the extending learning-rate search,
+seeds). Each configuration's train-step time and XLA peak memory are
+measured on one training batch. The compressed points: each prefix
+method's runs at the largest m, fitted into NTK-Attention state by
 `ntk_prefix.compress`, scored like the others. Runs resume; results go to
 experiments/results/prefix_length_<task>/ (results.json, table.md and
 prefix_length.png).
@@ -33,8 +35,8 @@ LENGTHS = absl_flags.DEFINE_list(
     'lengths', ['1', '4', '16', '64', '256', '1024'],
     'Prefix lengths m of the explicit-prefix rows (experiments.prefix_length).')
 COMPRESS_STEPS = absl_flags.DEFINE_integer(
-    'compress_steps', 300, 'Steps fitting the largest-m P-Tuning v2 prefix '
-    'into NTK-Attention state (experiments.prefix_length).')
+    'compress_steps', 300, 'Steps fitting each largest-m prefix into '
+    'NTK-Attention state (experiments.prefix_length).')
 MAX_EXTRA = absl_flags.DEFINE_integer(
     'max_extra', common.MAX_EXTRA_POINTS, 'Learning rates the search may add '
     'beyond its grid (experiments.prefix_length).', lower_bound=0)
@@ -102,19 +104,19 @@ def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
   return record
 
 
-def compressed(task: Task, record: dict, root: str, steps: int,
+def compressed(task: Task, method: str, record: dict, root: str, steps: int,
                log) -> dict:
-  """The P-Tuning v2 runs of `record` (every seed) compressed into
-  NTK-Attention state, scored as the table scores runs."""
+  """The runs of `record` (every seed of `method`) compressed into the
+  state of compress.TARGET, scored as the table scores runs."""
   from ntk_prefix import compress
-  base = {**task.base, _length_key('p_tuning_v2'): record['prefix_length']}
+  base = {**task.base, _length_key(method): record['prefix_length']}
   runs = []
   for run in record['runs']:
-    workdir, _ = common.run_seed(task.spec, root, 'p_tuning_v2',
+    workdir, _ = common.run_seed(task.spec, root, method,
                                  record['chosen'], run['seed'], base)
     out = workdir + '-compressed'
     config = common.configured(task.spec, {
-        **base, **record['chosen'], 'method.name': 'p_tuning_v2',
+        **base, **record['chosen'], 'method.name': method,
         'seed': run['seed']})
     report_path = os.path.join(out, 'compress.json')
     if os.path.exists(report_path):
@@ -131,8 +133,9 @@ def compressed(task: Task, record: dict, root: str, steps: int,
                  'closed_form_error': float(np.mean(
                      [l['closed_form'] for l in report['layers']]))})
     log(f'  compressed seed {run["seed"]}: {scores}')
-  return {'method': 'p_tuning_v2 compressed', 'prefix_length':
-          record['prefix_length'], 'runs': runs}
+  return {'method': f'{method} compressed', 'source': method,
+          'into': compress.TARGET, 'prefix_length': record['prefix_length'],
+          'runs': runs}
 
 
 def main(argv):
@@ -158,15 +161,15 @@ def main(argv):
           f'{args.seeds} seeds. Train step and peak memory (XLA\'s account) '
           f'of each configuration on one batch of this machine '
           f'({provenance.device()}).')}
-  largest = None
+  largest = {}  # method -> (its record at the largest m, its run root)
   for method in PREFIX_METHODS:
     for m in lengths:
       root = common.run_root(args.workdir, f'{name}-m{m}', base)
       log(f'== {method} m={m}')
       record = row(task, method, m, root, args.seeds, MAX_EXTRA.value, log)
       results['records'].append(record)
-      if method == 'p_tuning_v2' and m == max(lengths):
-        largest = (record, root)
+      if m == max(lengths):
+        largest[method] = (record, root)
       write(out, results, args.command)
   for method in REFERENCES:
     log(f'== {method}')
@@ -174,10 +177,11 @@ def main(argv):
     results['records'].append(row(task, method, None, root, args.seeds,
                                   MAX_EXTRA.value, log))
     write(out, results, args.command)
-  if largest is not None:
-    log('== P-Tuning v2 at the largest m, compressed')
-    results['compressed'] = compressed(task, largest[0], largest[1],
-                                       COMPRESS_STEPS.value, log)
+  results['compressed'] = []
+  for method, (record, root) in largest.items():
+    log(f'== {method} at the largest m, compressed')
+    results['compressed'].append(compressed(
+        task, method, record, root, COMPRESS_STEPS.value, log))
   print(write(out, results, args.command))
 
 

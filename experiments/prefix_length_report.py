@@ -6,8 +6,10 @@ from experiments import common
 from ntk_prefix import methods
 
 PREFIX_METHODS = methods.PREFIX_METHODS  # every explicit-prefix method
-# NTK-Attention (m = infinity), LoRA and the frozen model, drawn as lines.
-REFERENCES = ('ntk_attention', 'lora', 'none')
+# Drawn as lines: the m = infinity methods, the weight-space methods and
+# the frozen model.
+REFERENCES = (methods.PREFIX_SUMMARIES + methods.WEIGHT_SPACE +
+              methods.UNADAPTED)
 
 
 def render(results: dict) -> str:
@@ -23,7 +25,7 @@ def render(results: dict) -> str:
     m, s = common.mean_std(vals)
     cost = r.get('cost') or {}
     peak = cost.get('peak_bytes')
-    length = ('∞' if r['method'] == 'ntk_attention' else
+    length = ('∞' if r['method'] in methods.PREFIX_SUMMARIES else
               str(r['prefix_length']) if r.get('prefix_length') else '—')
     chosen = ', '.join(f'{k.split(".")[-1]}={v}'
                        for k, v in r.get('chosen', {}).items()) or '—'
@@ -35,8 +37,7 @@ def render(results: dict) -> str:
         f"{r.get('runs_spent', '—')} | "
         f"{'—' if step is None else f'{step:.3f}'} | "
         f"{'—' if peak is None else f'{peak / 2 ** 20:.0f}'} |")
-  comp = results.get('compressed')
-  if comp:
+  for comp in results.get('compressed', []):
     vals = [scale * run['scores'][metric] for run in comp['runs']]
     m, s = common.mean_std(vals)
     lines.append(
@@ -44,7 +45,7 @@ def render(results: dict) -> str:
         f" | {' / '.join(f'{v:.1f}' for v in vals)} | held-out attention "
         f"error {np.mean([r['fitted_error'] for r in comp['runs']]):.1e} "
         f"(closed form {np.mean([r['closed_form_error'] for r in comp['runs']]):.1e})"
-        ' | — | at ntk_attention\'s cost | |')
+        f" | — | at {comp['into']}'s cost | |")
   return '\n'.join(lines) + '\n'
 
 
@@ -60,9 +61,8 @@ def plot(results: dict, path: str) -> None:
   by = {}
   for r in results['records']:
     by.setdefault(r['method'], []).append(r)
-  colors = {'p_tuning_v2': 'tab:blue', 'prefix_tuning': 'tab:orange',
-            'ntk_attention': 'tab:green', 'lora': 'tab:purple',
-            'none': 'tab:gray'}
+  colors = {name: f'C{i}' for i, name in
+            enumerate(PREFIX_METHODS + REFERENCES)}
   lengths = sorted({r['prefix_length'] for r in results['records']
                     if r['prefix_length']})
   for method in PREFIX_METHODS:
@@ -82,25 +82,26 @@ def plot(results: dict, path: str) -> None:
   for method in REFERENCES:
     for r in by.get(method, []):
       mean, std = stats(r)
-      label = {'ntk_attention': 'NTK-Attention (m = ∞)',
-               'none': 'frozen model'}.get(method, method)
-      if method == 'ntk_attention':
+      label = (f'{method} (m = ∞)' if method in methods.PREFIX_SUMMARIES
+               else 'frozen model' if method in methods.UNADAPTED
+               else method)
+      if method in methods.PREFIX_SUMMARIES:
         left.axhspan(mean - std, mean + std, color=colors[method], alpha=0.2)
       left.axhline(mean, color=colors[method], ls='--', label=label)
       if r.get('cost'):
         right.axhline(r['cost']['step_seconds'], color=colors[method],
                       ls='--', label=f'{label}: step time')
-        if r['cost'].get('peak_bytes') and method == 'ntk_attention':
+        if (r['cost'].get('peak_bytes') and
+            method in methods.PREFIX_SUMMARIES):
           memory.axhline(r['cost']['peak_bytes'] / 2 ** 20,
                          color=colors[method], ls=':',
                          label=f'{label}: peak memory')
-  comp = results.get('compressed')
-  if comp:
+  for comp in results.get('compressed', []):
     mean, std = common.mean_std([scale * x['scores'][metric]
                                  for x in comp['runs']])
     left.errorbar([comp['prefix_length']], [mean], yerr=[std], marker='*',
-                  markersize=14, color='black', ls='none',
-                  label=f"P-Tuning v2 m={comp['prefix_length']}, compressed")
+                  markersize=14, color=colors.get(comp['source']), ls='none',
+                  label=f"{comp['method']} (m={comp['prefix_length']})")
   for ax in (left, right):
     ax.set_xscale('log', base=2)
     ax.set_xlabel('prefix length m')

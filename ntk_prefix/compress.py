@@ -38,6 +38,9 @@ from ntk_prefix.models import layers
 from ntk_prefix.models.transformer import Transformer
 from ntk_prefix.ntk import approximation
 
+# The method whose state compression fits (its feature map and state).
+TARGET = 'ntk_attention'
+
 class CompressError(ValueError):
   """An adapter that compress cannot take."""
 
@@ -157,7 +160,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
         f'{errors[-1]["fitted"]:.2e} fitted')
     zs.append(z)
     ks.append(k)
-  ntk = methods.get('ntk_attention', cfg, {'init': 'zeros'})
+  ntk = methods.get(TARGET, cfg, {'init': 'zeros'})
   state = {'z': jnp.stack(zs), 'k': jnp.stack(ks)}
   ntk.check_params(state)
   # The task head trained with the prefix stays with the compressed state.
@@ -194,9 +197,9 @@ def compress(config, adapter: str, out: str, steps: int = 300,
 
 def _ntk_config(config):
   c = config.copy_and_resolve_references()
-  config_lib.override(c, 'method.name', 'ntk_attention')
+  config_lib.override(c, 'method.name', TARGET)
   config_lib.override(c, 'method.preset', '')
-  config_lib.override(c, 'method.ntk_attention.init', 'zeros')
+  config_lib.override(c, f'method.{TARGET}.init', 'zeros')
   return c
 
 

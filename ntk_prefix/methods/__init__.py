@@ -57,6 +57,11 @@ NAMES = tuple(REGISTRY)
 # Methods that attend to an explicit key/value prefix of a set length.
 PREFIX_METHODS = tuple(n for n, cls in REGISTRY.items()
                        if cls.prefix_length_option)
+# Methods whose state summarises a prefix of any length (m = infinity), and
+# those that adapt weights rather than tokens or attention.
+PREFIX_SUMMARIES = tuple(n for n, cls in REGISTRY.items()
+                         if cls.summarises_prefix)
+WEIGHT_SPACE = tuple(n for n, cls in REGISTRY.items() if cls.weight_space)
 # Methods that adapt the model, and the baseline that adapts nothing (the
 # frozen model with a task head: 'none').
 ADAPTING = tuple(n for n, cls in REGISTRY.items() if cls.adapts)

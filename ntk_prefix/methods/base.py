@@ -75,6 +75,13 @@ class Method(Adapter):
   # The option holding the length of an explicit key/value prefix, for the
   # methods that attend to one ('' otherwise): length sweeps, compression.
   prefix_length_option: ClassVar[str] = ''
+  # Its state stands for an explicit prefix of any length (m = infinity):
+  # a prefix-length sweep draws it as the limit, and compression fits it to
+  # a trained prefix.
+  summarises_prefix: ClassVar[bool] = False
+  # It changes the model's weights, not its tokens or attention: a
+  # reference line beside the prefix methods in a prefix-length sweep.
+  weight_space: ClassVar[bool] = False
   # What the rest of the codebase reads off a method (nothing lists methods
   # by name): its place in tables and listings, its default 4-point
   # learning-rate grid (the tables search its middle two first and extend

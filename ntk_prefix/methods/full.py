@@ -20,6 +20,7 @@ class Options:
 class Full(base.Method):
   name = 'full'
   order = 70  # place in tables and listings
+  weight_space = True
   # Full fine-tuning needs ~100x smaller steps than a prefix.
   lr_grid = (1e-5, 3e-5, 1e-4, 3e-4)
   decoder_lr_grid = (3e-6, 1e-5, 3e-5, 1e-4)  # one step lower on the decoder

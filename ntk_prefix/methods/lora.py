@@ -25,6 +25,7 @@ class Options:
 class Lora(base.Method):
   name = 'lora'
   order = 60  # place in tables and listings
+  weight_space = True
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
   decoder_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # one step lower on the decoder
   peft_type = 'LORA'

@@ -69,6 +69,7 @@ PRESETS = {
 class NtkAttention(base.Method):
   name = 'ntk_attention'
   order = 0  # place in tables and listings
+  summarises_prefix = True
   lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)
   mixable = True
   no_decay = ('k',)  # one vector per head: the prefix's summed key features

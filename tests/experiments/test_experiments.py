@@ -400,7 +400,8 @@ def test_prefix_length_command(tiny_encoder, tmp_path, command):
                                                'prefix_tuning'}
   assert rows == [(m, length) for m in prefix_length.PREFIX_METHODS
                   for length in (1, 4)] + [
-                      ('ntk_attention', None), ('lora', None), ('none', None)]
+                      ('ntk_attention', None), ('lora', None), ('full', None),
+                      ('none', None)]
   for r in results['records']:
     assert len(r['runs']) == 2
     if r['method'] != 'none':
@@ -409,11 +410,15 @@ def test_prefix_length_command(tiny_encoder, tmp_path, command):
   peaks = {(r['method'], r['prefix_length']): r['cost']['peak_bytes']
            for r in results['records'] if r['cost']}
   assert peaks[('p_tuning_v2', 4)] >= peaks[('p_tuning_v2', 1)]
-  comp = results['compressed']
-  assert comp['prefix_length'] == 4 and len(comp['runs']) == 2
-  for run in comp['runs']:
-    correct = run['scores']['test_accuracy'] * 56  # CB's dev rows
-    assert abs(correct - round(correct)) < 1e-6
+  # Each prefix method's largest-m runs, compressed into NTK-Attention.
+  assert [c['source'] for c in results['compressed']] == list(
+      prefix_length.PREFIX_METHODS)
+  for comp in results['compressed']:
+    assert comp['into'] == 'ntk_attention'
+    assert comp['prefix_length'] == 4 and len(comp['runs']) == 2
+    for run in comp['runs']:
+      correct = run['scores']['test_accuracy'] * 56  # CB's dev rows
+      assert abs(correct - round(correct)) < 1e-6
   table = (out / 'table.md').read_text()
   assert '| ntk_attention | ∞ |' in table and 'compressed' in table
   assert (out / 'prefix_length.png').stat().st_size > 10000
