@@ -11,7 +11,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from experiments import render
-from experiments.render import mean_std  # noqa: F401 (common.mean_std)
 from ntk_prefix import atomic, config as config_lib, provenance
 from ntk_prefix.sweep import point_name, run_point
 

@@ -19,9 +19,7 @@ import time
 import numpy as np
 
 from experiments import common, flags, papers
-# Scoring, importable from here too (lm.score_e2e, lm.gsm8k_number).
-from experiments.scoring import (SCORERS, gsm8k_number,  # noqa: F401
-                                 last_number, score_e2e, score_gsm8k)
+from experiments.scoring import SCORERS
 from ntk_prefix import config as config_lib, methods, provenance
 
 CONFIG = 'configs/lm.py'

@@ -2,7 +2,7 @@
 results.json alone."""
 import numpy as np
 
-from experiments import common
+from experiments.render import mean_std
 from ntk_prefix import methods
 
 PREFIX_METHODS = methods.PREFIX_METHODS  # every explicit-prefix method
@@ -22,7 +22,7 @@ def render(results: dict) -> str:
            '|---|---:|---:|---|---|---:|---:|---:|']
   for r in results['records']:
     vals = [scale * run['scores'][metric] for run in r['runs']]
-    m, s = common.mean_std(vals)
+    m, s = mean_std(vals)
     cost = r.get('cost') or {}
     peak = cost.get('peak_bytes')
     length = ('∞' if r['method'] in methods.PREFIX_SUMMARIES else
@@ -39,7 +39,7 @@ def render(results: dict) -> str:
         f"{'—' if peak is None else f'{peak / 2 ** 20:.0f}'} |")
   for comp in results.get('compressed', []):
     vals = [scale * run['scores'][metric] for run in comp['runs']]
-    m, s = common.mean_std(vals)
+    m, s = mean_std(vals)
     lines.append(
         f"| {comp['method']} | {comp['prefix_length']} | **{m:.1f} ± {s:.1f}**"
         f" | {' / '.join(f'{v:.1f}' for v in vals)} | held-out attention "
@@ -56,7 +56,7 @@ def plot(results: dict, path: str) -> None:
   metric, scale = results['metric'], results['scale']
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
   memory = right.twinx()
-  stats = lambda r: common.mean_std([scale * x['scores'][metric]
+  stats = lambda r: mean_std([scale * x['scores'][metric]
                                      for x in r['runs']])
   by = {}
   for r in results['records']:
@@ -97,7 +97,7 @@ def plot(results: dict, path: str) -> None:
                          color=colors[method], ls=':',
                          label=f'{label}: peak memory')
   for comp in results.get('compressed', []):
-    mean, std = common.mean_std([scale * x['scores'][metric]
+    mean, std = mean_std([scale * x['scores'][metric]
                                  for x in comp['runs']])
     left.errorbar([comp['prefix_length']], [mean], yerr=[std], marker='*',
                   markersize=14, color=colors.get(comp['source']), ls='none',

@@ -11,9 +11,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-# The tasks' original files and their rows, importable from here too.
-from ntk_prefix.data.task_files import (TASKS, DataError,  # noqa: F401
-                                        TaskFiles, _rows)
+from ntk_prefix.data.task_files import TASKS, TaskFiles, _rows
 
 
 def make_builder_class(name: str, task: TaskFiles):

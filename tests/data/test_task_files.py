@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ntk_prefix import config as config_lib
-from ntk_prefix.data import builders
+from ntk_prefix.data import builders, task_files
 
 SHARED = config_lib.default_manual_dir()  # the real data files
 
@@ -73,7 +73,7 @@ def test_malformed_row_names_file_and_line(small_data, tmp_path, task, path,
                                            bad, match):
   with open(small_data / path, 'a') as f:
     f.write(bad)
-  with pytest.raises(builders.DataError, match=match):
+  with pytest.raises(task_files.DataError, match=match):
     builders.load_split(task, 'train', str(small_data),
                         str(tmp_path / 'prepared'))
 

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from experiments import common, grid_edge, lm, nlu, redraw
+from experiments import common, grid_edge, lm, nlu, redraw, render, scoring
 
 
 def test_gsm8k_answers_are_read_like_the_dataset_writes_them():
-  assert lm.gsm8k_number('so 3 + 4 = 7\n#### 1,000.') == '1000'
-  assert lm.gsm8k_number('#### -2.50') == '-2.5'
-  assert lm.gsm8k_number('no marker, 12 apples') is None
-  assert lm.last_number('it is 12 then 13 apples.\nQuestion: 99?') == '13'
+  assert scoring.gsm8k_number('so 3 + 4 = 7\n#### 1,000.') == '1000'
+  assert scoring.gsm8k_number('#### -2.50') == '-2.5'
+  assert scoring.gsm8k_number('no marker, 12 apples') is None
+  assert scoring.last_number('it is 12 then 13 apples.\nQuestion: 99?') == '13'
   gold = [['... #### 7'], ['... #### 10']]
-  scores = lm.score_gsm8k(['#### 7', 'I think 10.\nQuestion: 5'], gold)
+  scores = scoring.score_gsm8k(['#### 7', 'I think 10.\nQuestion: 5'], gold)
   assert scores == {'exact_match': 0.5, 'lenient_match': 1.0}
 
 
@@ -25,8 +25,8 @@ def test_e2e_bleu_uses_every_reference():
   # Each hypothesis equals one of its references: BLEU is 100.
   hyp = ['There is a pub called The Mill.\nmore text',
          'Aromi serves French food.']
-  assert lm.score_e2e(hyp, refs)['bleu'] == pytest.approx(1.0)
-  worse = lm.score_e2e(['The Mill.', 'Aromi serves food.'], refs)['bleu']
+  assert scoring.score_e2e(hyp, refs)['bleu'] == pytest.approx(1.0)
+  worse = scoring.score_e2e(['The Mill.', 'Aromi serves food.'], refs)['bleu']
   assert 0.0 <= worse < 0.7
 
 
@@ -50,14 +50,13 @@ def test_grid_edge_steps_one_point_beyond_the_end_chosen():
 
 
 def test_mean_std_is_the_sample_std():
-  m, s = common.mean_std([70.0, 72.0, 77.0])
+  m, s = render.mean_std([70.0, 72.0, 77.0])
   assert m == pytest.approx(73.0)
   assert s == pytest.approx(np.std([70, 72, 77], ddof=1))
-  assert common.mean_std([5.0]) == (5.0, 0.0)
+  assert render.mean_std([5.0]) == (5.0, 0.0)
 
 
 def test_a_rate_chosen_at_the_end_of_its_grid_is_marked():
-  from experiments import render
   record = lambda chosen, lrs: {
       'chosen': {'optimizer.lr': chosen},
       'search': [{'overrides': {'optimizer.lr': lr}} for lr in lrs]}
@@ -245,11 +244,11 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command):
   folder = next(p for p in work.rglob('completions.jsonl')
                 if 'p_tuning_v2' in str(p))
   rows = [json.loads(l) for l in folder.read_text().splitlines()]
-  assert lm.score_e2e([l['completion'] for l in rows],
+  assert scoring.score_e2e([l['completion'] for l in rows],
                       [l['references'] for l in rows]) == {
                           'bleu': run['scores']['bleu']}
   refs = [l['references'] for l in rows]
-  assert lm.score_e2e([r[0] for r in refs], refs)['bleu'] == pytest.approx(1.0)
+  assert scoring.score_e2e([r[0] for r in refs], refs)['bleu'] == pytest.approx(1.0)
 
 
 def test_init_loss_command(hf_checkpoint, tmp_path, command):
@@ -371,7 +370,6 @@ def test_readme_results_are_the_results_folders():
 def test_redraw_reproduces_every_committed_table(tmp_path):
   """The committed tables are what their results.json renders to."""
   import shutil
-  from experiments import render
   root = os.path.join(REPO, 'experiments', 'results')
   for name in os.listdir(root):
     src = os.path.join(root, name)
