@@ -59,8 +59,8 @@ def main(argv):
   name = dataset.replace('tfds:', '')
   out = args.out or ('experiments/results/vision_pipeline_check' if check
                      else f'experiments/results/vision_{name}')
-  title = (f'PIPELINE CHECK, NOT A RESULT: tiny randomly initialised ViT on '
-           f'8x8 digits' if check else
+  title = ('PIPELINE CHECK, NOT A RESULT: tiny randomly initialised ViT on '
+           '8x8 digits' if check else
            f'Vision: {os.path.basename(c.model.path.rstrip("/"))} on {name}')
   results = {
       'title': title, 'metric': 'test_accuracy',
