@@ -16,7 +16,9 @@ measured on one training batch. The compressed points: each prefix
 method's runs at the largest m, fitted into NTK-Attention state by
 `ntk_prefix.compress`, scored like the others. Runs resume; results go to
 experiments/results/prefix_length_<task>/ (results.json, table.md and
-prefix_length.png).
+prefix_length.png). The default --workdir is the main table's
+(workdirs/experiments/nlu or .../lm): the reference rows are then the very
+runs of that table, read rather than rerun, and the two tables agree.
 """
 import json
 import os
@@ -30,7 +32,6 @@ from experiments.prefix_length_report import (PREFIX_METHODS, REFERENCES,
                                               plot, render)
 from ntk_prefix import atomic, config as config_lib, methods, provenance
 
-WORKDIR = 'workdirs/experiments/prefix_length'
 LENGTHS = absl_flags.DEFINE_list(
     'lengths', ['1', '4', '16', '64', '256', '1024'],
     'Prefix lengths m of the explicit-prefix rows (experiments.prefix_length).')
@@ -142,7 +143,7 @@ def main(argv):
   name = flags.TASK.value or 'sst2'
   table = init_loss.table_for(name)
   args = flags.parsed(argv, 'experiments.prefix_length', table.CONFIG,
-                      WORKDIR, unused=('methods', 'full', 'tasks'))
+                      table.WORKDIR, unused=('methods', 'full', 'tasks'))
   base = args.base
   task = Task(name, base)
   out = args.out or results_folder(name)
