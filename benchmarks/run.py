@@ -6,8 +6,10 @@ r"""make bench: cost per method, cost against prefix length, and the PEFT peer.
 
 Writes benchmarks/results/latest.json (one row per measurement),
 latest.md (the tables, with the command, commit, date and device) and
-step_time_vs_m.png. Configurations of one sweep are timed round-robin, so
-drift of a shared machine hits them alike; each figure is a median.
+step_time_vs_m.png. Configurations of one sweep are timed round-robin with
+the frozen step between each two, so drift of a shared machine hits them
+alike; each figure is a median, each `x frozen` the median ratio to the
+frozen steps timed on either side.
 """
 import argparse
 import datetime
@@ -36,21 +38,38 @@ def prefix_options(method: str, m: int) -> dict:
   return dict(length=m, shift_positions=False)
 
 
-def timed_round_robin(steps: list, repeats: int, kind: str) -> list:
-  """Median seconds per step for each of `steps`, timed in turns. Each
-  timed call follows an untimed call of the same step: the caches and the
-  allocator a 10-second, 3 GB step leaves behind are not charged to the
-  configuration timed after it (NTK-Attention's state is m-independent,
-  yet timed right after P-Tuning v2 at m = 16,384 it read 1.33x frozen;
-  timed warm, 0.98x)."""
-  runs = [[] for _ in steps]
+def timed_round_robin(steps: list, repeats: int, kind: str,
+                      floor: int = 0) -> tuple:
+  """(median seconds per step, median ratio to steps[floor]) for each of
+  `steps`, timed in turns. Each timed call follows an untimed call of the
+  same step: the caches and the allocator a 10-second, 3 GB step leaves
+  behind are not charged to the configuration timed after it
+  (NTK-Attention's state is m-independent, yet timed right after P-Tuning
+  v2 at m = 16,384 it read 1.33x frozen; timed warm, 0.98x). The floor is
+  timed again before every other configuration, and each ratio divides by
+  the mean of the two floor times on either side of it: a shared machine's
+  drift across a round (the methods sweep's ratios moved by +-5% between
+  whole runs when each divided by one floor median) cancels in the pair."""
+  def timed(step):
+    run = step.run_train if kind == 'train' else step.run_forward
+    run()
+    return run()
+  times = [[] for _ in steps]
+  ratios = [[] for _ in steps]
   for r in range(repeats + 1):  # round 0 is the warm-up
+    before = timed(steps[floor])
+    if r:
+      times[floor].append(before)
     for i, s in enumerate(steps):
-      run = s.run_train if kind == 'train' else s.run_forward
-      run()
+      if i == floor:
+        continue
+      t, after = timed(s), timed(steps[floor])
       if r:
-        runs[i].append(run())
-  return [float(np.median(x)) for x in runs]
+        times[i].append(t)
+        ratios[i].append(t / (0.5 * (before + after)))
+      before = after
+  median = lambda x: float(np.median(x)) if x else 1.0
+  return [median(x) for x in times], [median(x) for x in ratios]
 
 
 def measure(sweep: str, model: str, configs: list, batch: int, length: int,
@@ -63,22 +82,21 @@ def measure(sweep: str, model: str, configs: list, batch: int, length: int,
     print(f'  compiling {method} m={m}', flush=True)
     steps.append(harness.Step(cfg, frozen, method, options, data,
                               lm=cfg.is_decoder))
-  train = timed_round_robin(steps, repeats, 'train')
+  floor_index = [meth for meth, _, _ in configs].index(harness.FLOOR)
+  train, ratios = timed_round_robin(steps, repeats, 'train', floor_index)
   # Forward steps are a third of a train step and steadier: one round fewer.
-  forward = timed_round_robin(steps, max(repeats - 1, 1), 'forward')
+  forward, _ = timed_round_robin(steps, max(repeats - 1, 1), 'forward',
+                                 floor_index)
   model_flops = 4 * harness.matmul_params(cfg, frozen) * batch * length
-  floor = {m: t for (meth, _, m), t in zip(configs, train)
-           if meth == harness.FLOOR}
-  floor_any = next(iter(floor.values()), None)
-  for (method, options, m), s, t, f in zip(configs, steps, train, forward):
-    frozen_t = floor.get(0, floor_any)
+  for (method, options, m), s, t, f, ratio in zip(configs, steps, train,
+                                                 forward, ratios):
     rows.append(dict(
         sweep=sweep, model=os.path.basename(model.rstrip('/')),
         method=method, prefix_length=m, options=options, batch=batch,
         seq_len=length, params=s.param_count, step_seconds=t,
         forward_seconds=f, examples_per_s=batch / t,
         tokens_per_s=batch * length / t, compile_seconds=s.compile_seconds,
-        ratio_to_frozen=t / frozen_t if frozen_t else None,
+        ratio_to_frozen=ratio,  # median of ratios to adjacent floor steps
         peak_memory_bytes=s.memory_bytes,
         forward_peak_memory_bytes=s.forward_memory_bytes,
         trainable_bytes=s.param_bytes, optimizer_bytes=s.opt_bytes,

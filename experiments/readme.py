@@ -28,8 +28,10 @@ def block(repo: str = REPO) -> str:
     # One level down: the README's section is '## Results'.
     text = '\n'.join('#' + l if l.startswith('#') else l
                      for l in text.splitlines())
-    parts += ['', text, '',
-              f'![{d}](experiments/results/{d}/metric_vs_params.png)']
+    parts += ['', text]
+    for png in sorted(f for f in os.listdir(os.path.join(root, d))
+                      if f.endswith('.png')):  # each table's figures
+      parts += ['', f'![{d}](experiments/results/{d}/{png})']
   parts.append(END)
   return '\n'.join(parts)
 

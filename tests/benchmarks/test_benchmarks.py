@@ -3,6 +3,8 @@ asserted: speed is measured by the script, not by tests)."""
 import json
 import os
 
+import pytest
+
 from benchmarks import harness, run
 from ntk_prefix.methods import MIXABLE
 
@@ -32,6 +34,29 @@ def test_bench_writes_rows_and_tables(hf_checkpoint, tmp_path):
     assert os.path.getsize(os.path.join(out, name)) > 0
   mixed = [r for r in rows if r['sweep'] == 'mixed']
   assert {r['method'] for r in mixed} == set(MIXABLE)
+
+
+def test_ratio_to_frozen_cancels_a_machine_drifting_under_the_sweep():
+  """A machine that slows steadily while a sweep runs: each ratio divides by
+  the frozen steps on either side of it, so it is the configuration's own
+  cost ratio however far into the round it was timed."""
+  clock = [0]
+
+  class Fake:
+    def __init__(self, cost):
+      self.cost = cost
+
+    def run_train(self):
+      clock[0] += 1
+      return self.cost * (1 + 0.05 * clock[0])  # 5% slower every call
+
+  steps = [Fake(1.0), Fake(1.2), Fake(3.0), Fake(1.05)]
+  medians, ratios = run.timed_round_robin(steps, 3, 'train', floor=0)
+  assert ratios[1:] == pytest.approx([1.2, 3.0, 1.05], rel=1e-9)
+  assert ratios[0] == 1.0
+  # The medians alone would not tell: the last step reads slower than the
+  # second although it costs less.
+  assert medians[3] > medians[1]
 
 
 def test_instruction_peer_batch_holds_the_same_answers_on_both_sides():
