@@ -20,6 +20,7 @@ prefix_length.png). The default --workdir is the main table's
 (workdirs/experiments/nlu or .../lm): the reference rows are then the very
 runs of that table, read rather than rerun, and the two tables agree.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -83,14 +84,20 @@ def step_cost(task: Task, overrides: dict) -> dict:
   return {'step_seconds': seconds, 'peak_bytes': peak}
 
 
-def _length_key(method: str) -> str:
-  option = methods.REGISTRY[method].prefix_length_option
-  return f'method.{method}.{option}'
+def prefix_overrides(method: str, m: int) -> dict:
+  """`method` with a prefix of m rows. Input positions are not shifted by
+  the prefix (shift_positions=False) at any m: m is then the only thing
+  that changes along a row, and m = 1,024 fits MiniLM's 512 positions."""
+  cls = methods.REGISTRY[method]
+  overrides = {f'method.{method}.{cls.prefix_length_option}': m}
+  if 'shift_positions' in {f.name for f in dataclasses.fields(cls.Options)}:
+    overrides[f'method.{method}.shift_positions'] = False
+  return overrides
 
 
 def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
         log) -> dict:
-  overrides = {} if m is None else {_length_key(method): m}
+  overrides = {} if m is None else prefix_overrides(method, m)
   base = {**task.base, **overrides}
   unadapted = method in methods.UNADAPTED  # the frozen model: no step cost
   if unadapted and task.lm:
@@ -110,7 +117,7 @@ def compressed(task: Task, method: str, record: dict, root: str, steps: int,
   """The runs of `record` (every seed of `method`) compressed into the
   state of compress.TARGET, scored as the table scores runs."""
   from ntk_prefix import compress
-  base = {**task.base, _length_key(method): record['prefix_length']}
+  base = {**task.base, **prefix_overrides(method, record['prefix_length'])}
   runs = []
   for run in record['runs']:
     workdir, _ = common.run_seed(task.spec, root, method,
@@ -159,7 +166,9 @@ def main(argv):
           f'{c.total_steps} steps × batch {c.batch_size} per run (the main '
           f'table\'s size); learning rate searched per row on '
           f'`{c.task.eval_split}` as the main tables do, then '
-          f'{args.seeds} seeds. Train step and peak memory (XLA\'s account) '
+          f'{args.seeds} seeds. The explicit prefixes leave the input\'s '
+          f'positions where they are at every m (shift_positions=False). '
+          f'Train step and peak memory (XLA\'s account) '
           f'of each configuration on one batch of this machine '
           f'({provenance.device()}).')}
   largest = {}  # method -> (its record at the largest m, its run root)
