@@ -14,7 +14,8 @@ import os
 from ntk_prefix import methods, sweep
 from ntk_prefix.config import base_config, load_file
 
-METHODS = methods.table_rows(methods.NAMES)
+# A ViT has no vocabulary: presets that start from words do not apply.
+METHODS = methods.table_rows(methods.NAMES, tokenizer=False)
 # The NLU table's grid: the method, not the data, sets the scale of a step.
 LR_GRID = load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                  'nlu.py')).LR_GRID

@@ -70,16 +70,19 @@ UNADAPTED = tuple(n for n, cls in REGISTRY.items() if not cls.adapts)
 MIXABLE = tuple(n for n, cls in REGISTRY.items() if cls.mixable)
 
 
-def table_rows(names) -> tuple:
+def table_rows(names, tokenizer: bool = True) -> tuple:
   """`names`, each followed by its presets that change one of its options
-  ('NAME:PRESET'): a table sets every method beside its official runs."""
+  ('NAME:PRESET'): a table sets every method beside its official runs.
+  tokenizer=False (a vision table) leaves out the presets that start from
+  words."""
   rows = []
   for name in names:
     rows.append(name)
     cls = REGISTRY[name]
     defaults = cls.Options()
     rows += [f'{name}:{preset}' for preset, p in cls.presets.items()
-             if any(getattr(defaults, k) != v for k, v in p.options.items())]
+             if any(getattr(defaults, k) != v for k, v in p.options.items())
+             and (tokenizer or not p.needs_tokenizer)]
   return tuple(rows)
 
 

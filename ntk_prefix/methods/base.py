@@ -22,12 +22,14 @@ class Preset:
 
   `per_task` adds options for one task (e.g. an official script's prefix
   length for RTE); `differs` says where this codebase does not, or cannot,
-  follow the source.
+  follow the source; `needs_tokenizer`: the preset starts from words, so a
+  model without a vocabulary (a ViT) cannot run it.
   """
   options: dict
   source: str
   per_task: dict = dataclasses.field(default_factory=dict)
   differs: str = ''
+  needs_tokenizer: bool = False
 
   def resolve(self, task: str = '') -> dict:
     return {**self.options, **self.per_task.get(task, {})}

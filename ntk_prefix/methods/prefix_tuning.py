@@ -45,7 +45,8 @@ PRESETS = {
         'between the MLP\'s output and the frozen model\'s past_key_values '
         'of the init text.',
         differs='The init text is ours (method.prefix_tuning.init_text); the '
-        'paper chose one per task.'),
+        'paper chose one per task.',
+        needs_tokenizer=True),
 }
 
 

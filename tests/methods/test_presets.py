@@ -119,3 +119,22 @@ def test_tables_set_each_method_beside_its_option_changing_presets():
   # IAPT's 'paper' preset is its default: no second row of the same runs.
   assert 'iapt' in rows and not any(r.startswith('iapt:') for r in rows)
   assert [r for r in rows if ':' not in r] == list(methods.NAMES)
+
+
+def test_every_row_of_the_vision_table_builds_on_a_vit():
+  """A ViT has no tokenizer: the vision table leaves out the presets that
+  start from words (Prefix-Tuning's official real-word init), and every row
+  it keeps builds its method on a ViT."""
+  from ntk_prefix.models.config import ModelConfig
+  vision = config_lib.load_file('configs/vision.py')
+  vit = ModelConfig(family='vit', hidden_size=64, num_layers=2, num_heads=4,
+                    num_kv_heads=4, head_dim=16, intermediate_size=128,
+                    max_positions=17, image_size=16, patch_size=4)
+  assert 'prefix_tuning:official' in methods.table_rows(methods.NAMES)
+  assert 'prefix_tuning:official' not in vision.METHODS
+  assert 'ntk_attention:official_vit' in vision.METHODS
+  for row in vision.METHODS:
+    c = vision.get_config('digits')
+    c.method.name, _, c.method.preset = row.partition(':')
+    method = methods.from_config(c.method, vit, 'digits', tokenizer=None)
+    assert method.name == c.method.name
