@@ -134,22 +134,24 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   """Seed 0 at every grid point, extended outward while the best sits at an
   end (search_outward); choose on `select` (held-out rows), then the chosen
   point at seeds 1.. . `score(workdir, metrics)` returns the reported
-  metrics of one finished run (e.g. dev accuracy, BLEU); `base` overrides
-  apply to every run.
+  metrics of one finished run (e.g. dev accuracy, BLEU): it is called for
+  the chosen point's runs only, so a generation table decodes 3 runs a row,
+  not every point searched, and no reported score of a point that was not
+  chosen exists to be looked at. `base` overrides apply to every run.
   """
-  search = []
+  search, finished = [], []
   base = base or {}
 
   def evaluate(point):
     workdir, metrics = run_seed(spec, root, method, point, 0, base)
-    scored = score(workdir, metrics)
+    finished.append((workdir, metrics))
     search.append({'overrides': point, 'select': metrics[select],
-                   'scores': scored, 'wall_seconds': metrics['wall_seconds'],
+                   'wall_seconds': metrics['wall_seconds'],
                    'device': metrics.get('device', ''),
                    'commit': metrics.get('commit', ''),
                    'trainable_params': metrics['trainable_params']})
     log(f'  {method} {point_name(point)}: {select}={metrics[select]:.4f} '
-        f'{_fmt(scored)} ({metrics["wall_seconds"]:.0f} s)')
+        f'({metrics["wall_seconds"]:.0f} s)')
     return metrics[select]
 
   _, values, edge = search_outward(grid, evaluate,
@@ -157,6 +159,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                                    max_extra=max_extra)
   best = int(np.argmax(values) if higher_is_better else np.argmin(values))
   chosen = search[best]
+  chosen['scores'] = score(*finished[best])
+  log(f'  {method} seed 0: {_fmt(chosen["scores"])}')
   runs = [{'seed': 0, 'scores': chosen['scores'],
            'wall_seconds': chosen['wall_seconds'],
            'device': chosen['device']}]

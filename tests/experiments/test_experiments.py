@@ -103,6 +103,33 @@ def test_search_extends_outward_until_the_best_is_inside():
   assert len(points) == 3 and edge == ''
 
 
+def test_only_the_chosen_point_is_scored(monkeypatch):
+  """The reported score (a generation table's decode, minutes a run) is
+  taken of the chosen rate's runs alone: the search reads held-out rows."""
+  held_out = {1e-3: 0.6, 3e-3: 0.8, 1e-2: 0.7}
+
+  def fake_run(spec, root, method, point, seed, base):
+    lr = point['optimizer.lr']
+    return f'{lr},{seed}', {'eval_accuracy': held_out[lr],
+                            'wall_seconds': 1.0, 'trainable_params': 5}
+
+  monkeypatch.setattr(common, 'run_seed', fake_run)
+  scored = []
+
+  def score(workdir, metrics):
+    scored.append(workdir)
+    return {'test_accuracy': 0.5}
+
+  record = common.tune_and_repeat(
+      'spec', 'm', [{'optimizer.lr': 1e-3}, {'optimizer.lr': 3e-3},
+                    {'optimizer.lr': 1e-2}], 3, 'root',
+      select='eval_accuracy', higher_is_better=True, score=score,
+      log=lambda s: None)
+  assert record['chosen'] == {'optimizer.lr': 3e-3}
+  assert scored == ['0.003,0', '0.003,1', '0.003,2']
+  assert [len(r['scores']) for r in record['runs']] == [1, 1, 1]
+
+
 @pytest.fixture(scope='module')
 def tiny_encoder(tmp_path_factory):
   import transformers
