@@ -20,14 +20,15 @@ import sys
 
 from experiments import common, flags, lm, nlu
 from ntk_prefix import atomic, config as config_lib, methods, provenance
-from ntk_prefix import train
+from ntk_prefix.build import build, init_trainable
+from ntk_prefix.steps import make_eval_step, place_frozen, run_eval
 
 def initial_losses(config, names: list, seeds: int) -> dict:
   """{method: [held-out token loss at init, one per seed]}; the model and
   data load once, each method's state is made and scored as training
   would score it before its first step."""
-  setup = train.build(config)
-  frozen, frozen_sharding = train.place_frozen(setup)
+  setup = build(config)
+  frozen, frozen_sharding = place_frozen(setup)
   out = {}
   for label in names:
     name, _, preset = label.partition(':')
@@ -36,13 +37,13 @@ def initial_losses(config, names: list, seeds: int) -> dict:
     config_lib.override(c, 'method.preset', preset)
     s = dataclasses.replace(setup, config=c, method=methods.from_config(
         c.method, setup.model_cfg, c.task.name, setup.tokenizer))
-    evaluate = train.make_eval_step(s, frozen_sharding)
+    evaluate = make_eval_step(s, frozen_sharding)
     out[label] = []
     for seed in range(seeds if name in methods.ADAPTING else 1):
       c.seed = seed
-      params = train.init_trainable(s)
+      params = init_trainable(s)
       out[label].append(
-          train.run_eval(s, evaluate, params, frozen)['eval_loss'])
+          run_eval(s, evaluate, params, frozen)['eval_loss'])
       print(f'{label} seed {seed}: {out[label][-1]:.3f}', file=sys.stderr,
             flush=True)
   return out

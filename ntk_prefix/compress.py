@@ -32,11 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_prefix import atomic, config as config_lib, export, methods
-from ntk_prefix import peft_format, train
+from ntk_prefix import peft_format
+from ntk_prefix.build import Setup, build
 from ntk_prefix.data import pipeline
 from ntk_prefix.models import layers
 from ntk_prefix.models.transformer import Transformer
 from ntk_prefix.ntk import approximation
+from ntk_prefix.optimizer import make_optimizer
+from ntk_prefix.steps import make_eval_step, make_steps, place_frozen, run_eval
 
 # The method whose state compression fits (its feature map and state).
 TARGET = 'ntk_attention'
@@ -97,13 +100,13 @@ def _inputs(batch: dict) -> dict:
           if k in ('input_ids', 'attention_mask', 'token_type_ids')}
 
 
-def step_cost(s: train.Setup, params, batch: dict, repeats: int = 3):
+def step_cost(s: Setup, params, batch: dict, repeats: int = 3):
   """(median seconds, XLA's peak bytes) of the jitted train step of
   `s.method` on `batch` (after compiling); params: the trainable
-  {'method', 'head'} (train.init_trainable)."""
-  frozen, frozen_sharding = train.place_frozen(s)
-  opt, _ = train.make_optimizer(s.config, s.method.no_decay)
-  step, _ = train.make_steps(s, opt, frozen_sharding)
+  {'method', 'head'} (build.init_trainable)."""
+  frozen, frozen_sharding = place_frozen(s)
+  opt, _ = make_optimizer(s.config, s.method.no_decay)
+  step, _ = make_steps(s, opt, frozen_sharding)
   params = jax.tree.map(jnp.array, params)
   state = opt.init(params)
   try:
@@ -128,7 +131,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
              rows: int = 64, log=print) -> dict:
   """Fits the NTK state, writes `out`, returns the report."""
   from tqdm import tqdm
-  s = train.build(config)
+  s = build(config)
   cfg = s.model_cfg
   frozen = jax.tree.map(jnp.asarray, s.frozen_params)
   source, source_params, head = load_adapter(adapter, cfg, frozen)
@@ -175,11 +178,11 @@ def compress(config, adapter: str, out: str, steps: int = 300,
   for name, setup, params in (
       ('before', before_setup, {'method': source_params, **extra}),
       ('after', after_setup, {'method': state, **extra})):
-    placed, sharding = train.place_frozen(setup)
-    evaluate = train.make_eval_step(setup, sharding)
-    metrics = train.run_eval(setup, evaluate, params, placed)
+    placed, sharding = place_frozen(setup)
+    evaluate = make_eval_step(setup, sharding)
+    metrics = run_eval(setup, evaluate, params, placed)
     if s.test_ds is not None:  # the task's reported split, scored once
-      test = train.run_eval(setup, evaluate, params, placed, s.test_ds)
+      test = run_eval(setup, evaluate, params, placed, s.test_ds)
       metrics.update({'test_' + k[len('eval_'):]: v for k, v in test.items()})
     seconds, peak = step_cost(setup, params, pipeline.train_batch(
         s.train_ds, 0, config.batch_size, config.seed))

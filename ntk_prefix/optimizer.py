@@ -21,8 +21,10 @@ def decay_mask(params, no_decay=()):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(config, no_decay=()) -> tuple:
-  """(optax transformation, learning-rate schedule) of `config.optimizer`."""
+def make_optimizer(config, no_decay) -> tuple:
+  """(optax transformation, learning-rate schedule) of `config.optimizer`.
+  no_decay: the method's names kept out of weight decay (`method.no_decay`);
+  required, so no caller decays a method's vector state by leaving it out."""
   o = config.optimizer
   warmup = min(o.warmup_steps, max(config.total_steps - 1, 0))
   if o.schedule == 'cosine':

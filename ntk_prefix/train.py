@@ -22,16 +22,13 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ntk_prefix import atomic, cli, distributed, export
+from ntk_prefix import atomic, checkpointing, cli, distributed, export
 from ntk_prefix import methods
 from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.data import pipeline
-# The pieces of a run, importable from here as before the split.
-from ntk_prefix.build import (Setup, best_metric_direction, build,  # noqa: F401
-                              init_trainable)
-from ntk_prefix.optimizer import decay_mask, make_optimizer  # noqa: F401
-from ntk_prefix.steps import (_check_finite, batch_sharding,  # noqa: F401
-                              loss_and_metrics, make_eval_step, make_steps,
+from ntk_prefix.build import best_metric_direction, build, init_trainable
+from ntk_prefix.optimizer import make_optimizer
+from ntk_prefix.steps import (_check_finite, batch_sharding, make_steps,
                               place_frozen, run_eval)
 
 
@@ -58,10 +55,10 @@ def _train(config, workdir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed)
   train_step, evaluate = make_steps(s, opt, frozen_sharding)
 
-  manager = workdir_lib.checkpoint_manager(workdir, config)
+  manager = checkpointing.checkpoint_manager(workdir, config)
   state = {'trainable': trainable, 'opt_state': opt_state,
            'step': 0, 'rng': np.asarray(jax.random.key_data(rng))}
-  start, restored = workdir_lib.restore_latest(manager, jax.tree.map(
+  start, restored = checkpointing.restore_latest(manager, jax.tree.map(
       ocp.utils.to_shape_dtype_struct, state), workdir)
   if restored is not None:
     trainable = jax.device_put(restored['trainable'], replicated)

@@ -21,9 +21,7 @@ import sys
 from typing import Optional
 
 from ntk_prefix import atomic, config as config_lib
-# The checkpoints of a workdir, importable from here too.
-from ntk_prefix.checkpointing import (WorkdirError,  # noqa: F401
-                                      checkpoint_manager, restore_latest)
+from ntk_prefix.checkpointing import WorkdirError
 
 # Config fields a resumed run may change. total_steps extends (or shortens)
 # the run, and with it the learning-rate schedule of the steps still to run.

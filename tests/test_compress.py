@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_config
 from ntk_prefix import checkpoints, compress, export, methods, peft_format
 from ntk_prefix import train
+from ntk_prefix.build import build, init_trainable
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +47,7 @@ def test_compress_fits_far_better_than_the_closed_form(prefix_run, tmp_path):
   again = tiny_config(c.model.path, c.task.prepared_dir, **{
       'method.name': 'ntk_attention',
       'init_from': os.path.join(out, 'final')})
-  start = train.init_trainable(train.build(again))
+  start = init_trainable(build(again))
   np.testing.assert_array_equal(start['method']['z'], state['z'])
   np.testing.assert_array_equal(  # the head trained with the prefix, too
       start['head']['out']['kernel'],
@@ -54,7 +55,7 @@ def test_compress_fits_far_better_than_the_closed_form(prefix_run, tmp_path):
   wrong = tiny_config(c.model.path, c.task.prepared_dir, **{
       'method.name': 'lora', 'init_from': os.path.join(out, 'final')})
   with pytest.raises(ValueError, match='holds a ntk_attention state'):
-    train.init_trainable(train.build(wrong))
+    init_trainable(build(wrong))
 
 
 def test_compress_takes_a_peft_prefix_tuning_folder(hf_checkpoint,

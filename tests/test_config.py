@@ -3,7 +3,8 @@ that cannot run are each refused with the fix, before any compute."""
 import pytest
 
 from conftest import REPO, tiny_config
-from ntk_prefix import config as config_lib, train
+from ntk_prefix import config as config_lib
+from ntk_prefix.build import build
 
 
 def test_command_line_through_absl_names_a_misspelt_key(tmp_path):
@@ -36,22 +37,22 @@ def test_config_errors_are_clear(tiny_encoder, prepared_dir, tmp_path):
   with pytest.raises(KeyError, match=r"optimizer.lr'\]|Nearest.*optimizer.lr"):
     config_lib.override(c, 'optimizer.lrr', '1')
   with pytest.raises(ValueError, match='needs 64 devices but 8'):
-    train.build(tiny_config(tiny_encoder, prepared_dir, **{'mesh.data': 64}))
+    build(tiny_config(tiny_encoder, prepared_dir, **{'mesh.data': 64}))
   with pytest.raises(ValueError, match='batch_size=6 is not divisible'):
-    train.build(tiny_config(tiny_encoder, prepared_dir, batch_size=6,
+    build(tiny_config(tiny_encoder, prepared_dir, batch_size=6,
                             **{'mesh.data': 4}))
   with pytest.raises(ValueError, match="has no split 'test'"):
-    train.build(tiny_config(tiny_encoder, prepared_dir,
+    build(tiny_config(tiny_encoder, prepared_dir,
                             **{'task.eval_split': 'test'}))
   with pytest.raises(FileNotFoundError, match='missing data file'):
-    train.build(tiny_config(tiny_encoder, str(tmp_path / 'p'), **{
+    build(tiny_config(tiny_encoder, str(tmp_path / 'p'), **{
         'task.data_dir': str(tmp_path / 'nowhere')}))
   with pytest.raises(ValueError, match='encoder'):
-    train.build(tiny_config(tiny_encoder, prepared_dir,
+    build(tiny_config(tiny_encoder, prepared_dir,
                             **{'task.name': 'gsm8k'}))
   with pytest.raises(ValueError, match='exceeds'):
-    train.build(tiny_config(tiny_encoder, prepared_dir, **{
+    build(tiny_config(tiny_encoder, prepared_dir, **{
         'task.max_length': 60, 'method.name': 'p_tuning_v2'}))
   with pytest.raises(ValueError, match='more than task.max_length'):
-    train.build(tiny_config(tiny_encoder, str(tmp_path / 'q'), **{
+    build(tiny_config(tiny_encoder, str(tmp_path / 'q'), **{
         'task.truncate': False, 'task.max_length': 8}))

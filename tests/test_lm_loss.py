@@ -7,8 +7,10 @@ import optax
 import pytest
 
 from ntk_prefix import checkpoints, config as config_lib, lm_loss, methods
-from ntk_prefix import models, train
+from ntk_prefix import models
+from ntk_prefix.build import Setup
 from ntk_prefix.data import pipeline
+from ntk_prefix.steps import loss_and_metrics
 
 
 def _batch(vocab, b=4, t=12, seed=0):
@@ -50,11 +52,11 @@ def test_gathered_chunked_loss_equals_full_logits(hf_checkpoint, family,
   method = methods.get(name, cfg)
   params = method.init(jax.random.PRNGKey(0), frozen)
   batch = _batch(cfg.vocab_size)
-  setup = train.Setup(config_lib.base_config(), cfg, frozen, None, method,
+  setup = Setup(config_lib.base_config(), cfg, frozen, None, method,
                       None, None, 'generation', None)
 
   def ours(p):
-    return train.loss_and_metrics({'method': p}, frozen, batch, None,
+    return loss_and_metrics({'method': p}, frozen, batch, None,
                                   s=setup, train=False)
 
   (loss, sums), grads = jax.value_and_grad(ours, has_aux=True)(params)

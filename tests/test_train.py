@@ -79,8 +79,8 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_encoder,
     train.train_and_evaluate(c, str(tmp_path))
   steps = [int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()]
   assert steps  # the good steps before the NaN were kept
-  from ntk_prefix import workdir as workdir_lib
-  manager = workdir_lib.checkpoint_manager(str(tmp_path), c)
+  from ntk_prefix import checkpointing
+  manager = checkpointing.checkpoint_manager(str(tmp_path), c)
   for step in steps:  # and none of them holds a non-finite number
     state = manager.restore(step)
     assert all(np.all(np.isfinite(x)) for x in
@@ -159,7 +159,6 @@ def test_generation_task_on_a_decoder(hf_checkpoint, prepared_dir, tmp_path,
                                       capsys):
   """GSM8K as language modelling: loss on the answer tokens only; then the
   run decodes with `python -m ntk_prefix.generate`."""
-  import transformers
   path, _ = hf_checkpoint('llama', vocab_size=49152)
   tok = checkpoints.load_tokenizer(checkpoints.default_decoder_path())
   tok.save_pretrained(path)

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import REPO, tiny_config, train_command
 from ntk_prefix import atomic, methods, train, workdir as workdir_lib
+from ntk_prefix.build import build
+from ntk_prefix.optimizer import make_optimizer
+from ntk_prefix.steps import _check_finite, make_eval_step, place_frozen, run_eval
 
 
 def _metrics_bytes(workdir):
@@ -144,11 +147,11 @@ def test_best_score_survives_a_resume(tiny_encoder, prepared_dir, tmp_path):
 
 def _eval_state(c, state_dir):
   from ntk_prefix import export
-  s = train.build(c)
-  frozen, sharding = train.place_frozen(s)
+  s = build(c)
+  frozen, sharding = place_frozen(s)
   _, params = export.load(state_dir, s.model_cfg)
   trainable = {'method': params, 'head': export.load_head(state_dir)}
-  return train.run_eval(s, train.make_eval_step(s, sharding), trainable,
+  return run_eval(s, make_eval_step(s, sharding), trainable,
                         frozen)
 
 
@@ -191,13 +194,13 @@ def test_check_finite_stops_on_non_finite_gradients(tmp_path):
   out = {'train_loss': jnp.float32(0.7), 'grad_norm': jnp.float32(np.nan)}
   with pytest.raises(FloatingPointError, match='grad_norm=nan at step 4.*'
                      r'last good checkpoint \(step 3\)'):
-    train._check_finite(out, 4, Manager(), str(tmp_path))
+    _check_finite(out, 4, Manager(), str(tmp_path))
   out['grad_norm'] = jnp.float32(1.0)
-  assert train._check_finite(out, 4, Manager(), str(tmp_path)) == \
+  assert _check_finite(out, 4, Manager(), str(tmp_path)) == \
       pytest.approx(0.7)
   out['state_finite'] = jnp.bool_(False)  # finite step, overflowed state
   with pytest.raises(FloatingPointError, match='updated state is not finite'):
-    train._check_finite(out, 4, Manager(), str(tmp_path))
+    _check_finite(out, 4, Manager(), str(tmp_path))
 
 
 @pytest.mark.parametrize('name', methods.ADAPTING)
@@ -213,7 +216,7 @@ def test_weight_decay_by_name(hf_checkpoint, name):
   c = tiny_config(path, '', **{'optimizer.schedule': 'constant',
                                'optimizer.lr': 1.0,
                                'optimizer.weight_decay': 0.5})
-  opt, _ = train.make_optimizer(c, method.no_decay)
+  opt, _ = make_optimizer(c, method.no_decay)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = opt.update(zeros, opt.init(params), params)
   flat = jax.tree_util.tree_flatten_with_path(updates)[0]

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from ntk_prefix.trees import flatten, unflatten  # noqa: F401 (names.flatten)
+from ntk_prefix.trees import unflatten
 
 # Prefixes HF task models put in front of the base model's names.
 _BASE_PREFIXES = ('bert.', 'roberta.', 'transformer.', 'vit.')

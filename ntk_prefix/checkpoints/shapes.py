@@ -3,8 +3,7 @@ from typing import Optional
 
 import jax
 
-from ntk_prefix import models
-from ntk_prefix.checkpoints import names
+from ntk_prefix import models, trees
 from ntk_prefix.models.config import ModelConfig
 
 
@@ -15,10 +14,10 @@ class CheckpointError(ValueError):
 def check_shapes(cfg: ModelConfig, params: dict, source: str,
                  sources: Optional[dict] = None) -> None:
   """Every expected tensor is present with the shape the config implies."""
-  expected = names.flatten(jax.tree.map(lambda s: s.shape,
+  expected = trees.flatten(jax.tree.map(lambda s: s.shape,
                                         models.param_shapes(cfg),
                                         is_leaf=lambda x: hasattr(x, 'shape')))
-  found = names.flatten(params)
+  found = trees.flatten(params)
   missing = sorted(set(expected) - set(found))
   if missing:
     raise CheckpointError(

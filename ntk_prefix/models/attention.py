@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ntk_prefix.models import fused, prefix_chunks
-from ntk_prefix.models.features import feature_map, prefix_summary  # noqa: F401
+from ntk_prefix.models.features import feature_map
 from ntk_prefix.models.hook_types import NtkState
 
 Array = jax.Array

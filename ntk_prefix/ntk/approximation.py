@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ntk_prefix.models.attention import attend, prefix_summary
+from ntk_prefix.models.attention import attend
+from ntk_prefix.models.features import prefix_summary
 from ntk_prefix.models.hooks import NtkState
 
 

@@ -350,6 +350,7 @@ def _tiny_tfds_images(data_dir: str) -> str:
 
 def test_any_prepared_tfds_image_set_trains_a_vit(hf_checkpoint, tmp_path):
   from ntk_prefix import config as config_lib, train
+  from ntk_prefix.build import build
   from ntk_prefix.data import pipeline
   path, _ = hf_checkpoint('vit')
   name = _tiny_tfds_images(str(tmp_path / 'tfds'))
@@ -381,7 +382,7 @@ def test_any_prepared_tfds_image_set_trains_a_vit(hf_checkpoint, tmp_path):
 
   config_lib.override(c, 'task.name', 'tfds:not_prepared_here')
   with pytest.raises(Exception, match='not_prepared_here'):
-    train.build(c)
+    build(c)
 
 
 def test_readme_results_are_the_results_folders():

@@ -261,12 +261,13 @@ def test_gradients_only_for_method_state(hf_checkpoint, family, name):
   assert any(nonzero) or name == 'none'
   # The training optimizer's state holds Adam's two moments of the method
   # state (a third copy when accumulating gradients) and nothing more.
-  from ntk_prefix import config as config_lib, train
+  from ntk_prefix import config as config_lib
+  from ntk_prefix.optimizer import make_optimizer
   n = methods.count_params(params)
   for accumulate, copies in ((1, 2), (2, 3)):
     c = config_lib.base_config()
     c.optimizer.accumulate_steps = accumulate
-    opt, _ = train.make_optimizer(c, method.no_decay)
+    opt, _ = make_optimizer(c, method.no_decay)
     opt_state = opt.init(params)
     arrays = [x for x in jax.tree.leaves(opt_state) if np.ndim(x) > 0]
     assert sum(int(np.prod(x.shape)) for x in arrays) == copies * n

@@ -10,7 +10,7 @@ import optax
 import torch
 
 from conftest import text_batch
-from ntk_prefix import checkpoints, methods, models
+from ntk_prefix import checkpoints, methods, models, trees
 from ntk_prefix.checkpoints import names
 
 
@@ -73,14 +73,14 @@ def test_full_fine_tuning_gradients_equal_pytorch(hf_checkpoint):
                  if p.grad is not None}
   tree, _, _ = names.to_tree('bert', torch_grads, cfg.tie_embeddings)
   ref_head = tree.pop('head')
-  ours = names.flatten(grads['method']['backbone'])
-  ref = names.flatten(tree)
+  ours = trees.flatten(grads['method']['backbone'])
+  ref = trees.flatten(tree)
   assert set(ref) <= set(ours)
   for key, g in ref.items():
     np.testing.assert_allclose(np.asarray(ours[key]), g, atol=2e-5,
                                err_msg=key)
-  for key, g in names.flatten(ref_head).items():
-    np.testing.assert_allclose(np.asarray(names.flatten(grads['head'])[key]),
+  for key, g in trees.flatten(ref_head).items():
+    np.testing.assert_allclose(np.asarray(trees.flatten(grads['head'])[key]),
                                g, atol=2e-5, err_msg=key)
   # Where the loss reaches, gradients are real; the rest (pooler of unused
   # rows aside) match zeros too.
@@ -182,7 +182,9 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
                                                       prepared_dir):
   """Two accumulated steps of 8 rows = one step of the same 16 rows."""
   from conftest import tiny_config
-  from ntk_prefix import train
+  from ntk_prefix.build import build, init_trainable
+  from ntk_prefix.optimizer import make_optimizer
+  from ntk_prefix.steps import make_steps, place_frozen
   from ntk_prefix.data import pipeline
 
   def one_update(batch_size, accumulate):
@@ -190,17 +192,17 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
         'optimizer.accumulate_steps': accumulate, 'method.name': 'lora',
         'optimizer.warmup_steps': 0, 'optimizer.schedule': 'constant',
         'optimizer.lr': 1e-2})
-    s = train.build(c)
-    frozen, sharding = train.place_frozen(s)
-    opt, _ = train.make_optimizer(c, s.method.no_decay)
-    params = train.init_trainable(s)
+    s = build(c)
+    frozen, sharding = place_frozen(s)
+    opt, _ = make_optimizer(c, s.method.no_decay)
+    params = init_trainable(s)
     state = opt.init(params)
-    step, _ = train.make_steps(s, opt, sharding)
+    step, _ = make_steps(s, opt, sharding)
     for k in range(accumulate):
       batch = pipeline.train_batch(s.train_ds, k, batch_size, c.seed)
       params, state, _ = step(params, state, frozen, batch,
                               jax.random.PRNGKey(k))
-    return jax.device_get(params), train.init_trainable(s)
+    return jax.device_get(params), init_trainable(s)
 
   accumulated, start = one_update(8, 2)
   large, _ = one_update(16, 1)
