@@ -1,6 +1,7 @@
 """Where a number came from: the commit (marked when the tree has changes),
 the date and the command line, stamped on every results folder."""
 import datetime
+import functools
 import shlex
 import subprocess
 
@@ -29,6 +30,14 @@ def git_commit(exclude: tuple = ()) -> str:
                      else '')
   except Exception:  # not a git checkout
     return 'unknown'
+
+
+@functools.lru_cache(maxsize=None)
+def process_commit() -> str:
+  """git_commit() as it was when this process first asked: a long-lived
+  process (a table's dozens of runs) keeps running the code it imported,
+  whatever the checkout is moved to meanwhile."""
+  return git_commit()
 
 
 def device() -> str:

@@ -34,6 +34,7 @@ def points(spec: str) -> list:
 def run_point(config, workdir: str) -> dict:
   """Trains one run into workdir (resuming from its checkpoints) and adds
   its wall time to final_metrics.json; a finished run is read, not rerun."""
+  code = provenance.process_commit()  # asked before the code is imported
   from ntk_prefix import train
   final = os.path.join(workdir, 'final_metrics.json')
   check_same_config(config, workdir)
@@ -44,7 +45,7 @@ def run_point(config, workdir: str) -> dict:
       metrics = json.load(f)
     metrics['wall_seconds'] = round(time.time() - t0, 1)
     metrics['device'] = provenance.device()
-    metrics['commit'] = provenance.git_commit()  # the code that trained it
+    metrics['commit'] = code  # the code that trained it
     atomic.write_json(final, metrics)
   with open(final) as f:
     return json.load(f)
