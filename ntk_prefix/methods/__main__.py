@@ -47,6 +47,8 @@ def presets_text() -> str:
       out.append(f'  source: {p.source}')
       if p.differs:
         out.append(f'  differs: {p.differs}')
+      if p.needs_tokenizer:
+        out.append('  needs a tokenizer: not for vision models')
   return '\n'.join(out)
 
 
