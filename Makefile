@@ -53,6 +53,8 @@ experiments: install
 	$(PY) -m experiments.lm --task=e2e_nlg
 	$(PY) -m experiments.init_loss --task=e2e_nlg
 	$(PY) -m experiments.vision
+	$(PY) -m experiments.prefix_length --task=sst2
+	$(PY) -m experiments.prefix_length --task=e2e_nlg
 
 clean:
 	rm -rf $(VENV) workdirs
