@@ -31,17 +31,16 @@ PREFIX_METHODS = methods.PREFIX_METHODS + ('ntk_attention',)
 
 
 def prefix_options(method: str, m: int) -> dict:
-  """Options giving `method` a prefix of m rows (shift_positions off, so a
-  prefix may be longer than the model's position table)."""
+  """Options giving `method` a prefix of m rows."""
   if method == 'ntk_attention':  # its state summarises m rows; cost is flat
     return dict(init='prefix', init_prefix_length=m)
-  return dict(length=m, shift_positions=False)
+  return methods.prefix_length_options(method, m)
 
 
 def timed_round_robin(steps: list, repeats: int, kind: str,
-                      floor: int = 0) -> tuple:
-  """(median seconds per step, median ratio to steps[floor]) for each of
-  `steps`, timed in turns. Each timed call follows an untimed call of the
+                      floor=None) -> tuple:
+  """(median seconds per step, median ratio to steps[floor] or None) for
+  each of `steps`, timed in turns. Each timed call follows an untimed call of the
   same step: the caches and the allocator a 10-second, 3 GB step leaves
   behind are not charged to the configuration timed after it
   (NTK-Attention's state is m-independent, yet timed right after P-Tuning
@@ -57,19 +56,25 @@ def timed_round_robin(steps: list, repeats: int, kind: str,
   times = [[] for _ in steps]
   ratios = [[] for _ in steps]
   for r in range(repeats + 1):  # round 0 is the warm-up
-    before = timed(steps[floor])
-    if r:
+    before = None if floor is None else timed(steps[floor])
+    if r and floor is not None:
       times[floor].append(before)
     for i, s in enumerate(steps):
       if i == floor:
         continue
-      t, after = timed(s), timed(steps[floor])
+      t = timed(s)
       if r:
         times[i].append(t)
-        ratios[i].append(t / (0.5 * (before + after)))
-      before = after
-  median = lambda x: float(np.median(x)) if x else 1.0
-  return [median(x) for x in times], [median(x) for x in ratios]
+      if floor is not None:
+        after = timed(steps[floor])
+        if r:
+          ratios[i].append(t / (0.5 * (before + after)))
+        before = after
+  medians = [float(np.median(x)) for x in times]
+  if floor is None:
+    return medians, None
+  return medians, [1.0 if i == floor else float(np.median(x))
+                   for i, x in enumerate(ratios)]
 
 
 def measure(sweep: str, model: str, configs: list, batch: int, length: int,
@@ -84,9 +89,9 @@ def measure(sweep: str, model: str, configs: list, batch: int, length: int,
                               lm=cfg.is_decoder))
   floor_index = [meth for meth, _, _ in configs].index(harness.FLOOR)
   train, ratios = timed_round_robin(steps, repeats, 'train', floor_index)
-  # Forward steps are a third of a train step and steadier: one round fewer.
-  forward, _ = timed_round_robin(steps, max(repeats - 1, 1), 'forward',
-                                 floor_index)
+  # Forward steps are a third of a train step and steadier: one round
+  # fewer, and no floor between them (no forward ratio is reported).
+  forward, _ = timed_round_robin(steps, max(repeats - 1, 1), 'forward')
   model_flops = 4 * harness.matmul_params(cfg, frozen) * batch * length
   for (method, options, m), s, t, f, ratio in zip(configs, steps, train,
                                                  forward, ratios):

@@ -20,7 +20,6 @@ prefix_length.png). The default --workdir is the main table's
 (workdirs/experiments/nlu or .../lm): the reference rows are then the very
 runs of that table, read rather than rerun, and the two tables agree.
 """
-import dataclasses
 import json
 import os
 import sys
@@ -86,14 +85,10 @@ def step_cost(task: Task, overrides: dict) -> dict:
 
 
 def prefix_overrides(method: str, m: int) -> dict:
-  """`method` with a prefix of m rows. Input positions are not shifted by
-  the prefix (shift_positions=False) at any m: m is then the only thing
-  that changes along a row, and m = 1,024 fits MiniLM's 512 positions."""
-  cls = methods.REGISTRY[method]
-  overrides = {f'method.{method}.{cls.prefix_length_option}': m}
-  if 'shift_positions' in {f.name for f in dataclasses.fields(cls.Options)}:
-    overrides[f'method.{method}.shift_positions'] = False
-  return overrides
+  """Config overrides giving `method` a prefix of m rows, the input's
+  positions unshifted at every m (so m = 1,024 fits MiniLM's 512)."""
+  return {f'method.{method}.{k}': v
+          for k, v in methods.prefix_length_options(method, m).items()}
 
 
 def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,

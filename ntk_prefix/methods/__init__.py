@@ -7,6 +7,7 @@ is found, not listed, as big_vision finds its models by module name; every
 list of methods (configs, experiments, benchmarks, mixed batches, PEFT
 export, tests) is derived from it.
 """
+import dataclasses
 import importlib
 import inspect
 import os
@@ -84,6 +85,18 @@ def table_rows(names, tokenizer: bool = True) -> tuple:
              if any(getattr(defaults, k) != v for k, v in p.options.items())
              and (tokenizer or not p.needs_tokenizer)]
   return tuple(rows)
+
+
+def prefix_length_options(name: str, m: int) -> dict:
+  """Options giving the explicit-prefix method `name` a prefix of m rows,
+  with the input's positions left where they are (shift_positions off where
+  the method has it): m is then the only thing that changes, and a prefix
+  may be longer than the model's position table."""
+  cls = REGISTRY[name]
+  options = {cls.prefix_length_option: m}
+  if 'shift_positions' in {f.name for f in dataclasses.fields(cls.Options)}:
+    options['shift_positions'] = False
+  return options
 
 
 def lr_grids() -> dict:

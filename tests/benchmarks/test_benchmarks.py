@@ -57,6 +57,11 @@ def test_ratio_to_frozen_cancels_a_machine_drifting_under_the_sweep():
   # The medians alone would not tell: the last step reads slower than the
   # second although it costs less.
   assert medians[3] > medians[1]
+  # Without a floor nothing is paired (the forward steps): one timed call
+  # per step and round, no ratios.
+  clock[0] = 0
+  medians, ratios = run.timed_round_robin(steps, 3, 'train')
+  assert ratios is None and clock[0] == 2 * 4 * len(steps)
 
 
 def test_instruction_peer_batch_holds_the_same_answers_on_both_sides():

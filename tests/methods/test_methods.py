@@ -358,3 +358,19 @@ def test_input_conditioned_methods_never_see_the_answer(hf_checkpoint, name):
   # Without the mask they may condition on the answer, and do.
   assert not np.array_equal(logits(ids, None)[:, :n],
                             logits(other, None)[:, :n])
+
+
+def test_a_prefix_longer_than_the_position_table_keeps_positions():
+  """Prefix-length sweeps give every explicit-prefix method m rows with the
+  input's positions unshifted, so m may exceed the model's positions."""
+  from ntk_prefix.models.config import ModelConfig
+  cfg = ModelConfig(family='bert', hidden_size=16, num_layers=1, num_heads=2,
+                    num_kv_heads=2, head_dim=8, intermediate_size=8,
+                    max_positions=512)
+  for name in methods.PREFIX_METHODS:
+    options = methods.prefix_length_options(name, 1024)
+    assert options['shift_positions'] is False
+    method = methods.get(name, cfg, options)
+    assert method.position_offset() == 0
+    with pytest.raises(methods.MethodError, match='positions'):
+      methods.get(name, cfg, {**options, 'shift_positions': True})
