@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from experiments import common, grid_edge, lm, nlu, redraw, render, scoring
+from experiments import (common, grid_edge, lm, nlu, ntk_init, redraw,
+                         render, scoring)
 
 
 def test_gsm8k_answers_are_read_like_the_dataset_writes_them():
@@ -128,6 +129,47 @@ def test_only_the_chosen_point_is_scored(monkeypatch):
   assert record['chosen'] == {'optimizer.lr': 3e-3}
   assert scored == ['0.003,0', '0.003,1', '0.003,2']
   assert [len(r['scores']) for r in record['runs']] == [1, 1, 1]
+
+
+def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
+  """An init whose best held-out loss sits at the top of --lrs is trained
+  one rate further, the others are not; the table says which rates ran."""
+  best_lr = {'zeros': 1e-2, 'normal 0.01': 1.0}  # normal keeps improving
+  ran = []
+
+  def fake_run(spec, root, method, point, seed, base):
+    label = 'zeros' if point.get('method.ntk_attention.init') == 'zeros' \
+        else 'normal 0.01' if 'method.ntk_attention.init' in point else method
+    lr = point['optimizer.lr']
+    ran.append((label, lr))
+    loss = 1.0 + abs(np.log10(lr / best_lr.get(label, 3e-3)))
+    return 'w', {'eval_loss': loss, 'eval_accuracy': 0.5}
+
+  monkeypatch.setattr(common, 'run_seed', fake_run)
+  monkeypatch.setattr(common, 'configured', lambda spec, base: _FakeConfig)
+  monkeypatch.setattr(ntk_init, 'initial_losses',
+                      lambda config, inits: dict.fromkeys(
+                          list(inits) + ['frozen'], 2.0))
+  monkeypatch.setattr(ntk_init.init_loss, 'table_for', lambda task: lm)
+  result = ntk_init.measure('e2e_nlg', [3e-3, 1e-2, 3e-2], {}, 'work')
+  normal = result['rows']['normal 0.01']
+  assert sorted(normal['trained']) == [3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
+  assert normal['best_lr'] == 1.0 and normal['edge'] == ''
+  assert sorted(result['rows']['zeros']['trained']) == [3e-3, 1e-2, 3e-2]
+  assert result['rows']['zeros']['best_lr'] == 1e-2
+  text = ntk_init.render(result, {'command': 'c', 'commit': 'x',
+                                  'date': 'd'})
+  zeros_line = next(line for line in text.splitlines()
+                    if line.startswith('| zeros'))
+  # not run for zeros: 1e-3 (the official inits' extension) and 0.1 .. 3
+  assert zeros_line.count('—') == 5
+  assert '1.000 (lr=1)' in text
+
+
+class _FakeConfig:
+  class task:  # pylint: disable=invalid-name
+    eval_split = 'train[-200:]'
+  total_steps, batch_size = 60, 8
 
 
 @pytest.fixture(scope='module')
