@@ -117,9 +117,13 @@ def target(problem: Problem, split: str) -> jax.Array:
 
 def estimate(problem: Problem, split: str, z, k_sum,
              projection: Optional[jax.Array]) -> jax.Array:
-  q, k, v = getattr(problem, split)
-  return attend(q, k, v, key_mask=problem.mask(split),
-                causal=problem.causal,
+  return _ntk_attend(getattr(problem, split), problem.mask(split),
+                     problem.causal, z, k_sum, projection)
+
+
+def _ntk_attend(qkv: tuple, mask, causal: bool, z, k_sum, projection):
+  q, k, v = qkv
+  return attend(q, k, v, key_mask=mask, causal=causal,
                 ntk=NtkState(z=z, k=k_sum, projection=projection))
 
 
@@ -155,11 +159,17 @@ def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
   z0, k0 = closed_form(problem, projection)
   scale = jnp.maximum(jnp.mean(jnp.abs(k0)), 1e-6)
   goal = target(problem, 'train')
-  w = _weights(goal, problem.mask('train'))
+  # The inputs go in as arguments: closed over, they became constants that
+  # XLA spent seconds constant-folding on every compile.
+  data = {'qkv': problem.train, 'mask': problem.mask('train'), 'goal': goal,
+          'weights': _weights(goal, problem.mask('train')), 'scale': scale,
+          'projection': projection}
 
-  def loss(params):
-    out = estimate(problem, 'train', params['z'] * scale,
-                   params['k'] * scale, projection)
+  def loss(params, data):
+    out = _ntk_attend(data['qkv'], data['mask'], problem.causal,
+                      params['z'] * data['scale'],
+                      params['k'] * data['scale'], data['projection'])
+    goal, w = data['goal'], data['weights']
     # The mean over real elements (exactly jnp.mean without a mask).
     return jnp.sum(w * (out - goal) ** 2) / (
         jnp.sum(w) * goal.shape[2] * goal.shape[3])
@@ -169,13 +179,13 @@ def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
   state = opt.init(params)
 
   @jax.jit
-  def step(params, state):
-    grads = jax.grad(loss)(params)
+  def step(params, state, data):
+    grads = jax.grad(loss)(params, data)
     updates, state = opt.update(grads, state)
     return optax.apply_updates(params, updates), state
 
   for _ in range(steps):
-    params, state = step(params, state)
+    params, state = step(params, state, data)
   return params['z'] * scale, params['k'] * scale
 
 
