@@ -28,8 +28,8 @@ import numpy as np
 from absl import flags as absl_flags
 
 from experiments import common, flags, init_loss, lm, nlu
-from experiments.prefix_length_report import (PREFIX_METHODS, REFERENCES,
-                                              plot, render)
+from experiments import prefix_length_report
+from experiments.prefix_length_report import PREFIX_METHODS, REFERENCES
 from ntk_prefix import atomic, config as config_lib, methods, provenance
 
 LENGTHS = absl_flags.DEFINE_list(
@@ -196,10 +196,7 @@ def write(out: str, results: dict, command: str) -> str:
              **results}
   os.makedirs(out, exist_ok=True)
   atomic.write_json(os.path.join(out, 'results.json'), results)
-  text = render(results)
-  atomic.write_text(os.path.join(out, 'table.md'), text)
-  plot(results, os.path.join(out, 'prefix_length.png'))
-  return text
+  return prefix_length_report.write(out, results)
 
 
 if __name__ == '__main__':

@@ -1,15 +1,29 @@
 """The prefix-length table (table.md) and its two-panel figure, from
 results.json alone."""
+import os
+
 import numpy as np
 
 from experiments.render import mean_std
-from ntk_prefix import methods
+from ntk_prefix import atomic, methods
 
 PREFIX_METHODS = methods.PREFIX_METHODS  # every explicit-prefix method
 # Drawn as lines: the m = infinity methods, the weight-space methods and
 # the frozen model.
 REFERENCES = (methods.PREFIX_SUMMARIES + methods.WEIGHT_SPACE +
               methods.UNADAPTED)
+
+
+def write(folder: str, results: dict) -> str:
+  """table.md and prefix_length.png of `folder` from `results`."""
+  text = render(results)
+  atomic.write_text(os.path.join(folder, 'table.md'), text)
+  plot(results, os.path.join(folder, 'prefix_length.png'))
+  return text
+
+
+def is_prefix_length(results: dict) -> bool:
+  return 'compressed' in results  # only this table has compressed points
 
 
 def render(results: dict) -> str:

@@ -25,6 +25,9 @@ class Options:
   # run's k at exactly 0); 'normal': Z, k ~ init_std *
   # N(0, 1); 'prefix': the closed-form state of a random explicit prefix of
   # `init_prefix_length` rows drawn like the model's keys/values.
+  # 'normal' is the default by measurement (experiments.ntk_init, each init
+  # at its own best rate): lowest held-out loss on E2E (1.592 against 1.654
+  # for 'zeros'), tied on SST-2; 'zeros' alone starts at the frozen model.
   init: str = 'normal'
   init_std: float = 0.01
   init_prefix_length: int = 64

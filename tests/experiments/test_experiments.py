@@ -447,7 +447,7 @@ def test_redraw_reproduces_every_committed_table(tmp_path):
       continue
     shutil.copy(os.path.join(src, 'results.json'), tmp_path / 'results.json')
     with open(os.path.join(src, 'table.md')) as f:
-      assert render.render(str(tmp_path)) == f.read(), name
+      assert redraw.redraw(str(tmp_path)) == f.read(), name
 
 
 def test_prefix_length_command(tiny_encoder, tmp_path, command):
