@@ -52,7 +52,7 @@ experiments: install
 	$(PY) -m experiments.lm --task=gsm8k
 	$(PY) -m experiments.lm --task=e2e_nlg
 	$(PY) -m experiments.init_loss --task=e2e_nlg
-	$(PY) -m experiments.init_loss --task=sst2
+	$(PY) -m experiments.init_loss --task=sst2 --seeds=2 --methods=none,ntk_attention,ntk_attention:official_glm,ntk_attention:official_vit
 	$(PY) -m experiments.ntk_init --task=e2e_nlg --lrs=0.003,0.01,0.03
 	$(PY) -m experiments.ntk_init --task=sst2 --lrs=0.003,0.01,0.03
 	$(PY) -m experiments.vision

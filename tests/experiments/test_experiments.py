@@ -135,13 +135,10 @@ def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
   """An init whose best held-out loss sits at the top of --lrs is trained
   one rate further, the others are not; the table says which rates ran."""
   best_lr = {'zeros': 1e-2, 'normal 0.01': 1.0}  # normal keeps improving
-  ran = []
-
   def fake_run(spec, root, method, point, seed, base):
     label = 'zeros' if point.get('method.ntk_attention.init') == 'zeros' \
         else 'normal 0.01' if 'method.ntk_attention.init' in point else method
     lr = point['optimizer.lr']
-    ran.append((label, lr))
     loss = 1.0 + abs(np.log10(lr / best_lr.get(label, 3e-3)))
     return 'w', {'eval_loss': loss, 'eval_accuracy': 0.5}
 
