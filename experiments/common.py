@@ -193,6 +193,20 @@ def write_results(out: str, results: dict, command: str) -> str:
   return render.render(out)
 
 
+def majority_rate(config) -> float:
+  """The share of the reported split's most common label: what always
+  answering that label scores, the floor a classification table is read
+  against."""
+  from ntk_prefix import build
+  from ntk_prefix.data import pipeline
+  t = config.task
+  manual, prepared = build.data_dirs(t)
+  counts = np.bincount(pipeline.labels(
+      t.name, t.test_split, manual_dir=manual, data_dir=prepared,
+      limit=t.test_limit, download=t.download))
+  return float(counts.max() / counts.sum())
+
+
 def classification_tables(config_path: str, module, tasks: list,
                           methods: list, seeds: int, size: str, base: dict,
                           workdir: str, out: str, command: str,
@@ -203,6 +217,8 @@ def classification_tables(config_path: str, module, tasks: list,
   for task in tasks:
     print(f'== {task}', file=sys.stderr)
     space = module.get_search_space(task + size)
+    results['tasks'][task]['majority'] = majority_rate(
+        configured(f'{config_path}:{task}{size}', base))
     for method in methods:
       record = tune_and_repeat(
           f'{config_path}:{task}{size}', method, grid_for(space, method),

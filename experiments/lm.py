@@ -37,11 +37,9 @@ PROMPT = {  # as the training data (ntk_prefix.data.pipeline.PROMPTS)
 def test_set(config) -> tuple:
   """(prompts, references): a fixed seeded subset; E2E groups its rows by
   meaning representation, each with all of its references."""
-  from ntk_prefix.data import builders
+  from ntk_prefix import build
   t, d = config.task, config.decode
-  manual = t.data_dir or config_lib.default_manual_dir()
-  prepared = t.prepared_dir or os.path.expanduser('~/.cache/ntk_prefix/tfds')
-  rows = builders.load_split(t.name, d.split, manual, prepared, t.download)
+  rows = build.split_rows(t, d.split)
   text = lambda v: v.decode() if isinstance(v, bytes) else v
   grouped = {}
   for r in rows:

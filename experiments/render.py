@@ -67,7 +67,13 @@ def task_table(task: str, block: dict, results: dict) -> list:
           + ''.join(f'{results.get("labels", {}).get(k, k)} | ' for k in extra)
           + 'chosen | ' + f"{results.get('select_label', 'held-out')} "
           'per searched point | runs | s/run |')
-  lines = [f"### {results['task_names'].get(task, task)}\n", head,
+  name = results['task_names'].get(task, task)
+  if 'majority' in block:  # what always answering one label scores
+    scale = results.get('scale', 1.0)
+    rate = (f"{scale * block['majority']:.1f}%" if scale == 100
+            else f"{block['majority']:.3f}")
+    name += f' — majority class {rate}'
+  lines = [f"### {name}\n", head,
            '|---|---:|---:|---|' + '---:|' * len(extra) +
            '---|---|---:|---:|']
   for r in block['records']:

@@ -57,10 +57,7 @@ def build(config) -> Setup:
           f'task.max_length={t.max_length} plus the method\'s position offset '
           f'({method.position_offset()}) exceeds the model\'s '
           f'{model_cfg.max_input_tokens} positions; use at most {room}.')
-  manual = t.data_dir or config_lib.default_manual_dir()
-  prepared = t.prepared_dir or os.path.expanduser(
-      '~/tensorflow_datasets' if t.name.startswith(builders.TFDS_PREFIX)
-      else '~/.cache/ntk_prefix/tfds')
+  manual, prepared = data_dirs(t)
   load = lambda split, limit: pipeline.load(
       t.name, split, tokenizer, manual_dir=manual, data_dir=prepared,
       max_length=t.max_length, truncate=t.truncate, limit=limit,
@@ -70,6 +67,24 @@ def build(config) -> Setup:
   test_ds = load(t.test_split, t.test_limit) if t.test_split else None
   return Setup(config, model_cfg, frozen, tokenizer, method, train_ds, eval_ds,
                kind, mesh, test_ds)
+
+
+def data_dirs(task) -> tuple:
+  """(manual, prepared) for config.task: where its original files are and
+  where tfds writes its prepared copy."""
+  manual = task.data_dir or config_lib.default_manual_dir()
+  prepared = task.prepared_dir or os.path.expanduser(
+      '~/tensorflow_datasets' if task.name.startswith(builders.TFDS_PREFIX)
+      else '~/.cache/ntk_prefix/tfds')
+  return manual, prepared
+
+
+def split_rows(task, split: str) -> list:
+  """Every example of a split of config.task, unencoded (dicts with
+  'text', 'target', 'label', ...)."""
+  manual, prepared = data_dirs(task)
+  return builders.load_split(task.name, split, manual, prepared,
+                             task.download)
 
 
 def init_trainable(s: Setup) -> dict:

@@ -216,6 +216,15 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command):
   assert {'eval_accuracy', 'test_accuracy'} <= set(metrics)
   table = (out / 'table.md').read_text()
   assert 'CB' in table and 'ntk_attention' in table
+  # The floor the table is read against: always the most common dev label,
+  # counted here from the original file.
+  from ntk_prefix import config as config_lib
+  with open(os.path.join(config_lib.default_manual_dir(),
+                         'superglue/CB/val.jsonl')) as f:
+    labels = [json.loads(line)['label'] for line in f if line.strip()]
+  top = max(labels.count(v) for v in set(labels)) / len(labels)
+  assert results['tasks']['cb']['majority'] == pytest.approx(top)
+  assert f'majority class {100 * top:.1f}%' in table
   assert (out / 'metric_vs_params.png').stat().st_size > 1000
 
   mtimes = {p: p.stat().st_mtime for p in work.rglob('final_metrics.json')}
