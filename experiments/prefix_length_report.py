@@ -32,7 +32,8 @@ def render(results: dict) -> str:
            f"Command: `{results['command']}`; commit {results['commit']}; "
            f"{results['date']}.\n",
            f"| method | m | {results['metric_label']} (mean ± std) | per "
-           'seed | chosen | runs | train step (s) | peak memory (MB) |',
+           'seed | chosen (compressed rows: the fit) | runs | train step (s) '
+           '| peak memory (MB) |',
            '|---|---:|---:|---|---|---:|---:|---:|']
   for r in results['records']:
     vals = [scale * run['scores'][metric] for run in r['runs']]
@@ -59,7 +60,7 @@ def render(results: dict) -> str:
         f" | {' / '.join(f'{v:.1f}' for v in vals)} | held-out attention "
         f"error {np.mean([r['fitted_error'] for r in comp['runs']]):.1e} "
         f"(closed form {np.mean([r['closed_form_error'] for r in comp['runs']]):.1e})"
-        f" | — | at {comp['into']}'s cost | |")
+        f" | — | at {comp['into']}'s cost | — |")
   return '\n'.join(lines) + '\n'
 
 
