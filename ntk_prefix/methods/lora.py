@@ -24,6 +24,7 @@ class Options:
 @dataclasses.dataclass(frozen=True)
 class Lora(base.Method):
   name = 'lora'
+  layer_stacked = True
   order = 60  # place in tables and listings
   weight_space = True
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)

@@ -71,6 +71,7 @@ PRESETS = {
 @dataclasses.dataclass(frozen=True)
 class NtkAttention(base.Method):
   name = 'ntk_attention'
+  layer_stacked = True
   order = 0  # place in tables and listings
   summarises_prefix = True
   lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)

@@ -68,6 +68,7 @@ def prefix_hook(method, k, v, layer, train, rng) -> LayerHook:
 @dataclasses.dataclass(frozen=True)
 class PTuningV2(base.Method):
   name = 'p_tuning_v2'
+  layer_stacked = True
   order = 20  # place in tables and listings
   lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)
   mixable = True

@@ -19,11 +19,27 @@ def feature_map(x: Array, projection: Optional[Array] = None) -> Array:
   d = x.shape[-1]
   x = x / d ** 0.25
   if projection is None:
-    return jax.nn.elu(x) + 1.0
+    return elu_plus_one(x)
   r = projection.shape[0]
   proj = jnp.einsum('...d,rd->...r', x, projection.astype(jnp.float32))
   return jnp.exp(proj - 0.5 * jnp.sum(x * x, -1, keepdims=True)) / jnp.sqrt(
       jnp.float32(r))
+
+
+@jax.custom_jvp
+def elu_plus_one(x: Array) -> Array:
+  """elu(x) + 1: x + 1 above 0, exp(x) below."""
+  return jnp.where(x > 0, x + 1.0, jnp.exp(jnp.minimum(x, 0.0)))
+
+
+@elu_plus_one.defjvp
+def _elu_plus_one_jvp(primals, tangents):
+  # The derivative is min(phi, 1): 1 above 0, exp(x) = phi below. Written
+  # in phi, the backward pass reads the phi(q) it keeps anyway for dZ, where
+  # autodiff of elu kept a second [batch, heads, q, features] array.
+  (x,), (x_dot,) = primals, tangents
+  phi = elu_plus_one(x)
+  return phi, jnp.minimum(phi, 1.0) * x_dot
 
 
 def prefix_summary(prefix_k: Array, prefix_v: Array,

@@ -78,5 +78,10 @@ class Adapter:
   def backbone_params(self, frozen_params: Any, method_params: Any) -> Any:
     return frozen_params
 
+  def layer_views(self, method_params: Any) -> Any:
+    """method_params as the unrolled layers' hooks receive them, made once
+    per forward pass; `layer_hook` indexes its layer either way."""
+    return method_params
+
 
 NO_ADAPTER = Adapter()

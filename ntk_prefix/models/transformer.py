@@ -116,11 +116,12 @@ class Transformer(nn.Module):
                           method_params if use_adapter else None, condition,
                           train, rng)
       return self.final_norm(x) if self.cfg.pre_norm else x
+    views = self.adapter.layer_views(method_params) if use_adapter else None
     for i, block in enumerate(self.blocks):
       hook = NO_LAYER_HOOK
       if use_adapter:
         layer_rng = None if rng is None else jax.random.fold_in(rng, i)
-        hook = self.adapter.layer_hook(method_params, i, x, condition, train,
+        hook = self.adapter.layer_hook(views, i, x, condition, train,
                                        layer_rng)
       x = block(x, mask, positions, hook)
     if self.cfg.pre_norm:

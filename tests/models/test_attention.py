@@ -229,3 +229,19 @@ def test_zero_ntk_state_still_gets_its_gradient():
   z0 = jnp.zeros((2, 8, 8))
   assert float(jnp.abs(jax.grad(out)(z0)).max()) > 1e-3
   check_grads(out, (z0,), order=1, modes=['rev'], atol=1e-2, rtol=1e-2)
+
+
+def test_feature_map_is_the_papers_elu_with_its_derivative():
+  """phi(x) = elu(x / d**0.25) + 1 and its gradient, against NumPy, at
+  negative, zero and positive inputs (its backward pass is written by hand)."""
+  from ntk_prefix.models.features import feature_map
+  d = 16
+  x = np.concatenate([np.linspace(-30, 30, 61), [0.0, -1e-7, 1e-7]])
+  x = np.resize(x, (4, d)).astype(np.float32)
+  u = x / d ** 0.25
+  want = np.where(u > 0, u + 1.0, np.exp(u))
+  np.testing.assert_allclose(feature_map(jnp.asarray(x)), want, rtol=1e-6)
+  w = np.random.RandomState(0).randn(*x.shape).astype(np.float32)
+  grad = jax.grad(lambda x: jnp.sum(w * feature_map(x)))(jnp.asarray(x))
+  np.testing.assert_allclose(
+      grad, w * np.where(u > 0, 1.0, np.exp(u)) / d ** 0.25, rtol=1e-6)
