@@ -110,8 +110,8 @@ class Method(Adapter):
     """Stacked state as a tuple of layer slices per leaf: one split, whose
     gradient is one concatenation. Indexing the stacked array in each layer
     made autodiff pad every layer's gradient to the whole stack and sum the
-    padded copies (on SmolLM2, NTK-Attention's 30 x 4.4 MB written and read
-    twice by Adam, 3% of its step)."""
+    padded copies (on SmolLM2, NTK-Attention's 30 x 4.4 MB, written and then
+    read by Adam)."""
     if not self.layer_stacked:
       return method_params
     return jax.tree.map(lambda x: tuple(jnp.unstack(x)), method_params)
