@@ -118,12 +118,15 @@ def _memory(compiled) -> Optional[int]:
     return None
 
 
-def _flops(compiled) -> Optional[float]:
+def _cost(compiled, key: str) -> Optional[float]:
+  """XLA's cost analysis of the compiled step: 'flops' or 'bytes accessed'
+  (its memory traffic, which bounds a step on a CPU whose extra FLOPs are
+  few; deterministic, unlike a time)."""
   try:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost['flops'])
-  except Exception:
+    return float(cost[key])
+  except Exception:  # not every backend reports it
     return None
 
 
@@ -171,7 +174,8 @@ class Step:
         params, opt_state, frozen_params, batch).compile()
     self.compile_seconds = time.perf_counter() - t0
     self.forward = jax.jit(loss).lower(params, frozen_params, batch).compile()
-    self.flops = _flops(self.train)
+    self.flops = _cost(self.train, 'flops')
+    self.bytes_accessed = _cost(self.train, 'bytes accessed')
     self.memory_bytes = _memory(self.train)
     self.forward_memory_bytes = _memory(self.forward)
     self.state = (params, opt_state)

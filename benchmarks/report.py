@@ -11,6 +11,10 @@ def _mb(x):
   return '' if x is None else f'{x / 2 ** 20:,.1f}'
 
 
+def _gb(x):  # '—': a row measured before the column existed
+  return '—' if x is None else f'{x / 1e9:.2f}'
+
+
 def _r(x, fmt='{:.2f}'):
   return '' if x is None else fmt.format(x)
 
@@ -23,15 +27,17 @@ def methods_table(rows: list, model: str) -> str:
   out = [f"### {model}: batch {r0['batch']} x {r0['seq_len']} tokens\n",
          '| method | trainable params | train step (s) | × frozen | '
          'forward (s) | tokens/s | % of FLOP floor | XLA step memory (MiB) | '
-         'params + Adam (MiB) | (params + Adam) / params | compile (s) |',
-         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+         'XLA step traffic (GB) | params + Adam (MiB) | '
+         '(params + Adam) / params | compile (s) |',
+         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     state = r['trainable_bytes'] + r['optimizer_bytes']
     out.append(
         f"| {r['method']} | {r['params']:,} | {r['step_seconds']:.3f} | "
         f"{_r(r['ratio_to_frozen'])} | {r['forward_seconds']:.3f} | "
         f"{r['tokens_per_s']:,.0f} | {100 * r['floor_fraction']:.0f}% | "
-        f"{_mb(r['peak_memory_bytes'])} | {_mb(state)} | "
+        f"{_mb(r['peak_memory_bytes'])} | {_gb(r.get('step_bytes_xla'))} | "
+        f"{_mb(state)} | "
         f"{state / r['trainable_bytes']:.3f} | {r['compile_seconds']:.1f} |")
   return '\n'.join(out) + '\n'
 

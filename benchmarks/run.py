@@ -105,7 +105,8 @@ def measure(sweep: str, model: str, configs: list, batch: int, length: int,
         peak_memory_bytes=s.memory_bytes,
         forward_peak_memory_bytes=s.forward_memory_bytes,
         trainable_bytes=s.param_bytes, optimizer_bytes=s.opt_bytes,
-        step_flops_xla=s.flops, model_flops=model_flops,
+        step_flops_xla=s.flops, step_bytes_xla=s.bytes_accessed,
+        model_flops=model_flops,
         floor_fraction=model_flops / rate / t))
     print(f'  {method:14s} m={m:<6d} {t:7.3f} s/step  fwd {f:6.3f} s', flush=True)
   return rows

@@ -30,6 +30,13 @@ def test_bench_writes_rows_and_tables(hf_checkpoint, tmp_path):
   for r in rows:
     if r['sweep'] == 'methods':
       assert r['optimizer_bytes'] - 2 * r['trainable_bytes'] <= 8
+  # XLA's account of each step's memory traffic: every step reads at least
+  # the frozen weights it multiplies by.
+  for r in rows:
+    if r['sweep'] == 'methods':
+      assert r['step_bytes_xla'] > 4 * harness.matmul_params(
+          *harness.load_model(decoder if r['model'] == os.path.basename(
+              decoder.rstrip('/')) else encoder)), r['method']
   for name in ('latest.md', 'meta.json', 'step_time_vs_m.png'):
     assert os.path.getsize(os.path.join(out, name)) > 0
   mixed = [r for r in rows if r['sweep'] == 'mixed']
