@@ -198,12 +198,8 @@ def majority_rate(config) -> float:
   answering that label scores, the floor a classification table is read
   against."""
   from ntk_prefix import build
-  from ntk_prefix.data import pipeline
   t = config.task
-  manual, prepared = build.data_dirs(t)
-  counts = np.bincount(pipeline.labels(
-      t.name, t.test_split, manual_dir=manual, data_dir=prepared,
-      limit=t.test_limit, download=t.download))
+  counts = np.bincount(build.split_labels(t, t.test_split, t.test_limit))
   return float(counts.max() / counts.sum())
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntk_prefix import checkpoints, config as config_lib, export, methods
 from ntk_prefix import models, sharding
@@ -85,6 +86,14 @@ def split_rows(task, split: str) -> list:
   manual, prepared = data_dirs(task)
   return builders.load_split(task.name, split, manual, prepared,
                              task.download)
+
+
+def split_labels(task, split: str, limit: int = -1) -> np.ndarray:
+  """The class labels of a split of config.task (of the rows `limit`
+  keeps, as the run's own loader keeps them)."""
+  manual, prepared = data_dirs(task)
+  return builders.split_labels(task.name, split, manual, prepared, limit,
+                               task.download)
 
 
 def init_trainable(s: Setup) -> dict:

@@ -138,3 +138,24 @@ def load_split(task_name: str, split: str, manual_dir: str,
       manual_dir=manual_dir))
   source = builder.as_data_source(split)
   return [source[i] for i in range(len(source))]
+
+
+def subset(rows: list, limit: int) -> list:
+  """The rows a split's `limit` keeps: a fixed, seeded subset (all if
+  limit <= 0); the training pipeline and split_labels read the same rows."""
+  if 0 < limit < len(rows):
+    idx = np.sort(np.random.RandomState(1234).permutation(len(rows))[:limit])
+    rows = [rows[i] for i in idx]
+  return rows
+
+
+def split_labels(task_name: str, split: str, manual_dir: str, data_dir: str,
+                 limit: int = -1, download: bool = False) -> np.ndarray:
+  """The class labels of a split (of the rows `limit` keeps), read without
+  tokenising anything."""
+  if task_name.startswith(TFDS_PREFIX):
+    source, _ = tfds_image_source(task_name, split, data_dir)
+    return np.array([int(source[i]['label'])
+                     for i in subset(list(range(len(source))), limit)])
+  rows = load_split(task_name, split, manual_dir, data_dir, download)
+  return np.array([int(r['label']) for r in subset(rows, limit)])

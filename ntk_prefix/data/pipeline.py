@@ -137,34 +137,14 @@ def image_pixels(image: np.ndarray, size: int) -> np.ndarray:
 def load_tfds_images(task_name: str, split: str, *, data_dir: str,
                      image_size: int, limit: int = -1) -> Dataset:
   source, num_classes = builders.tfds_image_source(task_name, split, data_dir)
-  rows = np.asarray(subset(list(range(len(source))), limit), np.int64)
+  rows = np.asarray(builders.subset(list(range(len(source))), limit),
+                    np.int64)
   pixels = TfdsColumn(source, rows, 'image',
                       lambda im: image_pixels(im, image_size),
                       (3, image_size, image_size))
   labels = TfdsColumn(source, rows, 'label', lambda l: np.int32(l), ())
   return Dataset({'pixel_values': pixels, 'labels': labels},
                  np.ones(len(rows), np.int32), num_classes)
-
-
-def subset(rows: list, limit: int) -> list:
-  """The rows a split's `limit` keeps: a fixed, seeded subset (all if
-  limit <= 0)."""
-  if 0 < limit < len(rows):
-    idx = np.sort(np.random.RandomState(1234).permutation(len(rows))[:limit])
-    rows = [rows[i] for i in idx]
-  return rows
-
-
-def labels(task_name: str, split: str, *, manual_dir: str, data_dir: str,
-           limit: int = -1, download: bool = False) -> np.ndarray:
-  """The class labels of a split (of the rows `limit` keeps), read without
-  tokenising anything."""
-  if task_name.startswith(builders.TFDS_PREFIX):
-    source, _ = builders.tfds_image_source(task_name, split, data_dir)
-    return np.array([int(source[i]['label'])
-                     for i in subset(list(range(len(source))), limit)])
-  rows = builders.load_split(task_name, split, manual_dir, data_dir, download)
-  return np.array([int(r['label']) for r in subset(rows, limit)])
 
 
 def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
@@ -184,8 +164,8 @@ def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
     with np.load(path) as f:
       arrays = {k[2:]: f[k] for k in f.files if k.startswith('a_')}
       return Dataset(arrays, f['lengths'], int(f['num_labels']))
-  rows = subset(builders.load_split(task_name, split, manual_dir, data_dir,
-                                    download), limit)
+  rows = builders.subset(builders.load_split(
+      task_name, split, manual_dir, data_dir, download), limit)
   ds = encode(task_name, rows, tokenizer, max_length, truncate, image_size)
   if cache:
     os.makedirs(os.path.dirname(path), exist_ok=True)
