@@ -14,6 +14,15 @@ import tensorflow_datasets as tfds
 from ntk_prefix.data.task_files import TASKS, TaskFiles, _rows
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+  """These datasets are ours: never look for their metadata on tfds's GCS
+  bucket. (tfds's lookup also leaves an empty temp folder behind for every
+  builder made before its data is prepared: hundreds per test run.)"""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 def make_builder_class(name: str, task: TaskFiles):
   """A tfds GeneratorBasedBuilder class for one task."""
   task_name = name
@@ -28,7 +37,7 @@ def make_builder_class(name: str, task: TaskFiles):
         f'<manual_dir>/{task.subdir}/ (task.data_dir in the config).')
 
     def _info(self):
-      return tfds.core.DatasetInfo(
+      return _LocalInfo(
           builder=self,
           features=tfds.features.FeaturesDict({
               'text': tfds.features.Text(), 'text_b': tfds.features.Text(),

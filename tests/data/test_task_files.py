@@ -2,6 +2,7 @@
 (task.download=False), present files prepare offline, and a malformed row
 names its file and line."""
 import os
+import tempfile
 
 import pytest
 
@@ -53,10 +54,14 @@ def test_missing_unrequested_split_names_files_without_network(
 
 
 def test_present_files_prepare_without_network(small_data, tmp_path,
-                                               no_network):
+                                               no_network, monkeypatch):
+  temp = tmp_path / 'temp'  # the process's temp folder, watched
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
   rows = builders.load_split('sst2', 'train', str(small_data),
                              str(tmp_path / 'prepared'))
   assert len(rows) == 11  # 12 lines less the header
+  assert not os.listdir(temp)  # tfds's GCS metadata lookup left folders
 
 
 @pytest.mark.parametrize('task,path,bad,match', [
