@@ -146,10 +146,16 @@ class Method(Adapter):
     keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
+  def state_shapes(self, frozen_params: Any = None) -> dict:
+    """The shapes (jax.ShapeDtypeStruct) of the state `init` returns; a
+    method whose init needs more than the model (a tokenizer) says them
+    without it, so a saved state loads where that is absent."""
+    return jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0),
+                                            frozen_params))
+
   def check_params(self, method_params: dict, frozen_params: Any = None) -> None:
     """Clear error when a method state does not fit this model."""
-    expected = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0),
-                                                frozen_params))
+    expected = self.state_shapes(frozen_params)
     got = dict(method_params)
     exp_flat = dict(_flat(expected))
     got_flat = dict(_flat(got))

@@ -105,6 +105,10 @@ class PrefixTuning(base.Method):
         'b2': jnp.zeros((out,)),
     }
 
+  def state_shapes(self, frozen_params=None):
+    # The word init fits the random init's arrays: same shapes, no tokenizer.
+    return jax.eval_shape(self._random_init, jax.random.PRNGKey(0))
+
   def init(self, rng, frozen_params=None, tokenizer=None):
     params = self._random_init(rng)
     if self.opts.init == 'random':
