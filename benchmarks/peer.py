@@ -4,12 +4,15 @@ Only imported by the benchmark (the `bench` extra); the package never imports
 torch. transformers loads the same GGUF file and dequantizes it to float32,
 so both sides train the same weights on the same token ids.
 """
+import copy
 import os
 import time
 
 import numpy as np
 
+from benchmarks import harness
 from ntk_prefix import methods
+from ntk_prefix.checkpoints.paths import resolve
 
 # Our method -> the PEFT config it is compared with, and our options that
 # match it: each method's `peft_peer` (PEFT's prefix tuning without
@@ -128,3 +131,61 @@ class PeftStep:
   def unload(self):
     """The base model without this adapter, for the next pair."""
     return self.model.unload()
+
+
+def sweep_peer(model: str, batch: int, length: int, repeats: int,
+               rate: float) -> list:
+  """Ours and PEFT's step for the same method, alternating step by step and
+  back to back, on two batches: every token carries loss ('all_tokens'),
+  and real E2E rows with loss on the answer only ('instruction')."""
+  cfg, frozen = harness.load_model(model)
+  batches = {'all_tokens': (harness.make_batch(cfg, batch, length),) * 2}
+  instruction = instruction_batch(resolve(model), batch, length)
+  if instruction is not None:
+    batches['instruction'] = instruction
+  base = load_base(resolve(model))
+  rows = []
+  repeats = max(repeats, 5)  # medians of at least 5 timed steps per side
+  for kind, (ours_batch, peft_batch) in batches.items():
+    tokens = ours_batch['input_ids'].size
+    model_flops = 4 * harness.matmul_params(cfg, frozen) * tokens
+    for method in PAIRS:
+      ours = harness.Step(cfg, frozen, method, OURS[method],
+                          {k: v for k, v in ours_batch.items()
+                           if k != 'loss_mask'}, lm=True)
+      theirs = PeftStep(copy.deepcopy(base), method, peft_batch,
+                             instruction=kind == 'instruction')
+      times = {'ours': [], 'peft': []}
+      for r in range(repeats + 1):  # alternating: the figures reported
+        t_ours, t_peft = ours.run_train(), theirs.run_train()
+        if r:
+          times['ours'].append(t_ours)
+          times['peft'].append(t_peft)
+      # Back to back as well: on this machine a torch step slows the JAX
+      # step that follows it (benchmarks/README.md): both views recorded.
+      block = {'ours': [ours.run_train() for _ in range(repeats)],
+               'peft': [theirs.run_train() for _ in range(repeats)]}
+      t_ours, t_peft = (float(np.median(times[k])) for k in ('ours', 'peft'))
+      b_ours, b_peft = (float(np.median(block[k])) for k in ('ours', 'peft'))
+      common = dict(sweep='peer', peer_batch=kind,
+                    model=os.path.basename(model), method=method,
+                    prefix_length=OURS[method].get('length', 0),
+                    batch=batch, seq_len=ours_batch['input_ids'].shape[1],
+                    model_flops=model_flops)
+      rows.append(dict(common, params=ours.param_count, step_seconds=t_ours,
+                       ratio_to_peer=t_ours / t_peft,
+                       step_seconds_back_to_back=b_ours,
+                       ratio_to_peer_back_to_back=b_ours / b_peft,
+                       peak_memory_bytes=ours.memory_bytes,
+                       floor_fraction=model_flops / rate / t_ours))
+      rows.append(dict(common, peer='peft', params=theirs.param_count,
+                       step_seconds=t_peft, ratio_to_peer=t_ours / t_peft,
+                       step_seconds_back_to_back=b_peft,
+                       ratio_to_peer_back_to_back=b_ours / b_peft,
+                       peak_memory_bytes=None,
+                       floor_fraction=model_flops / rate / t_peft))
+      print(f'  {kind:11s} {method:14s} ours {t_ours:6.3f} s  peft '
+            f'{t_peft:6.3f} s  ours/peft {t_ours / t_peft:5.2f} alternating,'
+            f' {b_ours / b_peft:5.2f} back to back', flush=True)
+      del ours, theirs
+  return rows

@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks import compile_time, harness, report
 from benchmarks.mixed import sweep_mixed
+from benchmarks.peer import sweep_peer
 from ntk_prefix import methods, provenance
 
 METHODS = methods.ADAPTING  # every registered method but 'none'
@@ -125,67 +126,6 @@ def sweep_prefix_length(model: str, lengths: list, batch: int, length: int,
     if m:
       configs += [(meth, prefix_options(meth, m), m) for meth in PREFIX_METHODS]
   return measure('prefix_length', model, configs, batch, length, repeats, rate)
-
-
-def sweep_peer(model: str, batch: int, length: int, repeats: int,
-               rate: float) -> list:
-  """Ours and PEFT's step for the same method, alternating step by step and
-  back to back, on two batches: every token carries loss ('all_tokens'),
-  and real E2E rows with loss on the answer only ('instruction')."""
-  import copy
-  from benchmarks import peer
-  from ntk_prefix.checkpoints.paths import resolve
-  cfg, frozen = harness.load_model(model)
-  batches = {'all_tokens': (harness.make_batch(cfg, batch, length),) * 2}
-  instruction = peer.instruction_batch(resolve(model), batch, length)
-  if instruction is not None:
-    batches['instruction'] = instruction
-  base = peer.load_base(resolve(model))
-  rows = []
-  repeats = max(repeats, 5)  # medians of at least 5 timed steps per side
-  for kind, (ours_batch, peft_batch) in batches.items():
-    tokens = ours_batch['input_ids'].size
-    model_flops = 4 * harness.matmul_params(cfg, frozen) * tokens
-    for method in peer.PAIRS:
-      ours = harness.Step(cfg, frozen, method, peer.OURS[method],
-                          {k: v for k, v in ours_batch.items()
-                           if k != 'loss_mask'}, lm=True)
-      theirs = peer.PeftStep(copy.deepcopy(base), method, peft_batch,
-                             instruction=kind == 'instruction')
-      times = {'ours': [], 'peft': []}
-      for r in range(repeats + 1):  # alternating: the figures reported
-        t_ours, t_peft = ours.run_train(), theirs.run_train()
-        if r:
-          times['ours'].append(t_ours)
-          times['peft'].append(t_peft)
-      # Back to back as well: on this machine a torch step slows the JAX
-      # step that follows it (benchmarks/README.md): both views recorded.
-      block = {'ours': [ours.run_train() for _ in range(repeats)],
-               'peft': [theirs.run_train() for _ in range(repeats)]}
-      t_ours, t_peft = (float(np.median(times[k])) for k in ('ours', 'peft'))
-      b_ours, b_peft = (float(np.median(block[k])) for k in ('ours', 'peft'))
-      common = dict(sweep='peer', peer_batch=kind,
-                    model=os.path.basename(model), method=method,
-                    prefix_length=peer.OURS[method].get('length', 0),
-                    batch=batch, seq_len=ours_batch['input_ids'].shape[1],
-                    model_flops=model_flops)
-      rows.append(dict(common, params=ours.param_count, step_seconds=t_ours,
-                       ratio_to_peer=t_ours / t_peft,
-                       step_seconds_back_to_back=b_ours,
-                       ratio_to_peer_back_to_back=b_ours / b_peft,
-                       peak_memory_bytes=ours.memory_bytes,
-                       floor_fraction=model_flops / rate / t_ours))
-      rows.append(dict(common, peer='peft', params=theirs.param_count,
-                       step_seconds=t_peft, ratio_to_peer=t_ours / t_peft,
-                       step_seconds_back_to_back=b_peft,
-                       ratio_to_peer_back_to_back=b_ours / b_peft,
-                       peak_memory_bytes=None,
-                       floor_fraction=model_flops / rate / t_peft))
-      print(f'  {kind:11s} {method:14s} ours {t_ours:6.3f} s  peft '
-            f'{t_peft:6.3f} s  ours/peft {t_ours / t_peft:5.2f} alternating,'
-            f' {b_ours / b_peft:5.2f} back to back', flush=True)
-      del ours, theirs
-  return rows
 
 
 def main(argv=None):
