@@ -26,20 +26,20 @@ def test_export_round_trip_and_dimension_check(hf_checkpoint, tmp_path):
     export.load(str(tmp_path / 'x'), other_cfg)
 
 
-def test_word_initialised_state_loads_without_a_tokenizer(hf_checkpoint,
+@pytest.mark.parametrize('row', methods.table_rows(methods.ADAPTING))
+def test_every_table_row_loads_back_without_its_tokenizer(row, hf_checkpoint,
                                                           tmp_path):
-  """Loading checks shapes; a state whose init read words (Prefix-Tuning's
-  official preset) must not need the tokenizer again to be loaded."""
-  path, _ = hf_checkpoint('llama')
+  """The tables decode each run from its exported state, with the model but
+  no tokenizer at hand: every method and preset must load that way
+  (Prefix-Tuning's official preset, initialised from words, did not)."""
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
   cfg, frozen, _ = checkpoints.load(path)
-
-  class Tok:
-    def __call__(self, text, add_special_tokens=False):
-      return {'input_ids': [3, 5, 7]}
-
-  opts = {'length': 3, 'mlp_hidden': 8, 'init': 'words', 'init_fit_steps': 2}
-  method = methods.get('prefix_tuning', cfg, opts, tokenizer=Tok())
-  params = method.init(jax.random.PRNGKey(0), frozen, Tok())
+  tokenizer = checkpoints.load_tokenizer(checkpoints.default_decoder_path())
+  name, _, preset = row.partition(':')
+  options = {'init_fit_steps': 2} if name == 'prefix_tuning' else {}
+  method = methods.get(name, cfg, options, preset=preset, task='e2e_nlg',
+                       tokenizer=tokenizer)
+  params = method.init(jax.random.PRNGKey(0), frozen, tokenizer)
   export.save(str(tmp_path / 'x'), method, params, path)
   _, loaded = export.load(str(tmp_path / 'x'), cfg, frozen)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
