@@ -23,9 +23,7 @@ def table(path: str, num_labels: int) -> str:
           '|---|---:|---:|---:|---:|']
   for name in methods.NAMES:
     method = methods.get(name, cfg)
-    shapes = jax.eval_shape(lambda m=method: m.init(jax.random.PRNGKey(0),
-                                                    frozen))
-    n = methods.count_params(shapes)
+    n = methods.count_params(method.state_shapes(frozen))
     rows.append(f'| {name} | {n:,} | {head:,} | {n + head:,} | '
                 f'{100 * (n + head) / frozen_count:.3f} |')
   title = (f'{cfg.family}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, '
