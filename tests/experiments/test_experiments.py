@@ -283,7 +283,7 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command):
   assert (out / 'metric_vs_params.png').exists()
 
 
-def test_lm_table_command(hf_checkpoint, tmp_path, command):
+def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir):
   """Train, decode the fixed test subset with each run's state, BLEU."""
   from ntk_prefix import checkpoints
   path, _ = hf_checkpoint('llama', vocab_size=49152)
@@ -294,7 +294,7 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command):
       '--task=e2e_nlg', '--methods=none,p_tuning_v2', '--seeds=1',
       f'--out={out}', f'--workdir={work}', '--config=configs/lm.py',
       f'--config.model.path={path}',
-      f'--config.task.prepared_dir={tmp_path / "tfds"}',
+      f'--config.task.prepared_dir={prepared_dir}',
       '--config.total_steps=2', '--config.batch_size=8',
       '--config.task.max_length=64', '--config.decode.rows=3',
       '--config.decode.max_new_tokens=4'])
@@ -326,7 +326,7 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command):
   assert scoring.score_e2e([r[0] for r in refs], refs)['bleu'] == pytest.approx(1.0)
 
 
-def test_init_loss_command(hf_checkpoint, tmp_path, command):
+def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
   """Methods that start at the identity start at the frozen model's loss."""
   from experiments import init_loss
   from ntk_prefix import checkpoints
@@ -335,7 +335,7 @@ def test_init_loss_command(hf_checkpoint, tmp_path, command):
       checkpoints.default_decoder_path()).save_pretrained(path)
   out = tmp_path / 'init_loss.md'
   config = common.configured('configs/lm.py:e2e_nlg', {
-      'model.path': str(path), 'task.prepared_dir': str(tmp_path / 'tfds'),
+      'model.path': str(path), 'task.prepared_dir': prepared_dir,
       'task.max_length': '64', 'task.eval_split': 'train[-16:]'})
   losses = init_loss.initial_losses(
       config, ['none', 'lora', 'full', 'iapt', 'ntk_attention:official_vit',
@@ -495,4 +495,33 @@ def test_prefix_length_command(tiny_encoder, tmp_path, command):
       assert abs(correct - round(correct)) < 1e-6
   table = (out / 'table.md').read_text()
   assert '| ntk_attention | ∞ |' in table and 'compressed' in table
+  assert (out / 'prefix_length.png').stat().st_size > 10000
+
+
+def test_prefix_length_command_on_a_decoder(hf_checkpoint, tmp_path, command,
+                                           prepared_dir):
+  """The generation version (--task=e2e_nlg): trained rows and the
+  compressed points are decoded and scored with BLEU, the frozen model is
+  decoded untrained."""
+  from ntk_prefix import checkpoints
+  from experiments import prefix_length
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
+  checkpoints.load_tokenizer(
+      checkpoints.default_decoder_path()).save_pretrained(path)
+  out, work = tmp_path / 'out', tmp_path / 'runs'
+  command(prefix_length, [
+      '--task=e2e_nlg', '--lengths=2', '--seeds=1', '--max_extra=0',
+      '--compress_steps=5', f'--out={out}', f'--workdir={work}',
+      '--config=configs/lm.py', f'--config.model.path={path}',
+      f'--config.task.prepared_dir={prepared_dir}',
+      '--config.total_steps=2', '--config.batch_size=8',
+      '--config.task.max_length=64', '--config.decode.rows=2',
+      '--config.decode.max_new_tokens=3'])
+  results = json.loads((out / 'results.json').read_text())
+  for r in results['records']:
+    assert 0.0 <= r['runs'][0]['scores']['bleu'] <= 1.0, r['method']
+  assert [c['source'] for c in results['compressed']] == list(
+      prefix_length.PREFIX_METHODS)
+  for comp in results['compressed']:
+    assert 0.0 <= comp['runs'][0]['scores']['bleu'] <= 1.0
   assert (out / 'prefix_length.png').stat().st_size > 10000
