@@ -58,8 +58,13 @@ def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
   now = config_dict(config)
   rec = flat(recorded)
   defaults = config_dict(config_lib.base_config())
+  # A run reads only its own method's options (method.<name>.*): another
+  # method's defaults may change without making it another run.
+  own = f'method.{now.get("method.name")}.'
 
   def same(k):
+    if k.startswith('method.') and k.count('.') > 1 and not k.startswith(own):
+      return True
     if k not in rec and k in defaults:
       return now.get(k) == defaults[k]
     return rec.get(k, _ABSENT) == now.get(k, _ABSENT)

@@ -85,6 +85,20 @@ def test_resumable_fields_may_change(finished_run):
   assert workdir_lib.differing_keys(older, same) == {}
   same.init_from = '/elsewhere'
   assert list(workdir_lib.differing_keys(older, same)) == ['init_from']
+  # Another method's options are not this run's: an ntk_attention run
+  # differs in its own options only.
+  assert recorded['method']['name'] == 'ntk_attention'
+  other = json.loads(json.dumps(recorded))
+  other['method']['lora']['rank'] += 1
+  assert workdir_lib.differing_keys(other, same_run(c)) == {}
+  other['method']['ntk_attention']['init_std'] *= 2
+  assert list(workdir_lib.differing_keys(other, same_run(c))) == [
+      'method.ntk_attention.init_std']
+
+
+def same_run(c):
+  return tiny_config(c.model.path, c.task.prepared_dir, total_steps=4,
+                     checkpoint_every=2, eval_every=2)
 
 
 def test_second_live_run_is_refused_and_a_killed_one_leaves_no_lock(
