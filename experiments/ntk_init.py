@@ -5,15 +5,17 @@ its default.
 
 For each init (ours and the official runs' presets) the held-out loss
 before the first step and after training at the table's budget (its
-configs/ sizes, seed 0), on the rows that choose the learning rate; no
-decoding. Each init's rates are searched as the tables search theirs: --lrs,
-extended outward while the best held-out loss sits at an end
-(common.search_outward), so each init is compared at its own best rate.
+configs/ sizes), on the rows that choose the learning rate; no decoding.
+Each init's rates are searched as the tables search theirs, with seed 0:
+--lrs, extended outward while the best held-out loss sits at an end
+(common.search_outward), so each init is compared at its own best rate,
+which then trains at seeds 1..--seeds-1 too (the tables' seeds).
 Writes experiments/results/<table>/ntk_init_<task>.md. Runs resume.
 """
 import os
 import sys
 
+import numpy as np
 from absl import flags as absl_flags
 
 from experiments import common, flags, init_loss, lm, nlu
@@ -33,7 +35,8 @@ LRS = absl_flags.DEFINE_list(
     'extended outward while its best sits at an end (experiments.ntk_init).')
 
 
-def measure(task: str, lrs: list, base: dict, workdir: str) -> dict:
+def measure(task: str, lrs: list, base: dict, workdir: str,
+            seeds: int = 1) -> dict:
   table = init_loss.table_for(task)
   spec = f'{table.CONFIG}:{task}'
   config = common.configured(spec, base)
@@ -56,8 +59,12 @@ def measure(task: str, lrs: list, base: dict, workdir: str) -> dict:
         [{common.SEARCH_KEY: lr} for lr in lrs], evaluate,
         higher_is_better=False)
     best = points[values.index(min(values))][common.SEARCH_KEY]
+    at_best = [min(values)] + [  # seed 0's is the search's
+        common.run_seed(spec, root, method,
+                        {**options, common.SEARCH_KEY: best}, seed,
+                        base)[1]['eval_loss'] for seed in range(1, seeds)]
     rows[label] = {'init_loss': start[label], 'trained': trained,
-                   'best_lr': best, 'edge': edge}
+                   'best_lr': best, 'edge': edge, 'seeds': at_best}
   return {'task': task, 'rows': rows, 'frozen': start['frozen'],
           'eval_split': config.task.eval_split, 'steps': config.total_steps,
           'batch': config.batch_size}
@@ -78,7 +85,8 @@ def initial_losses(config, inits: dict) -> dict:
 def render(result: dict, stamp: dict) -> str:
   rows = result['rows']
   lrs = sorted({lr for row in rows.values() for lr in row['trained']})
-  first = next(iter(next(iter(rows.values()))['trained'].values()))
+  first_row = next(iter(rows.values()))
+  first = next(iter(first_row['trained'].values()))
   metrics = [k for k in ('eval_loss', 'test_accuracy') if k in first]
   lines = [f"## NTK-Attention's initial state: {result['task']}", '',
            f"Held-out loss on `{result['eval_split']}` before the first "
@@ -87,12 +95,15 @@ def render(result: dict, stamp: dict) -> str:
            "at each learning rate searched for that init (the tables' "
            'rule: the grid, extended outward while the best held-out loss '
            'sits at an end; — not run). `best` is the lowest held-out '
-           'loss, (edge) if still at an end of what was searched' + (
+           'loss, (edge) if still at an end of what was searched; `at best '
+           "lr, seeds` is that rate's held-out loss over seeds 0.."
+           f"{len(first_row['seeds']) - 1}, mean ± std (per seed)" + (
                '; test_accuracy is the dev set, scored once.' if
                'test_accuracy' in metrics else '.'), '',
            f"Command: `{stamp['command']}`; commit {stamp['commit']}; "
            f"{stamp['date']}.", '']
-  head = ['init', 'loss at step 0', 'minus frozen', 'best'] + [
+  head = ['init', 'loss at step 0', 'minus frozen', 'best',
+          'at best lr, seeds'] + [
       f'{m} (lr={lr:g})' for lr in lrs for m in metrics]
   lines += ['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (
       len(head) - 1)]
@@ -102,7 +113,9 @@ def render(result: dict, stamp: dict) -> str:
     cells = [label, f"{row['init_loss']:.3f}",
              f"{row['init_loss'] - result['frozen']:+.3f}",
              f"{best:.3f} (lr={row['best_lr']:g}"
-             + (' (edge))' if row['edge'] else ')')]
+             + (' (edge))' if row['edge'] else ')'),
+             f"{np.mean(row['seeds']):.3f} ± {np.std(row['seeds']):.3f} ("
+             + ' / '.join(f'{v:.3f}' for v in row['seeds']) + ')']
     for lr in lrs:
       for m in metrics:
         v = trained.get(lr, {}).get(m)
@@ -116,9 +129,9 @@ def main(argv):
   task = flags.TASK.value or 'e2e_nlg'
   table = init_loss.table_for(task)
   args = flags.parsed(argv, 'experiments.ntk_init', table.CONFIG, WORKDIR,
-                      unused=('methods', 'seeds', 'full', 'tasks'))
+                      unused=('methods', 'full', 'tasks'))
   result = measure(task, [float(x) for x in LRS.value], args.base,
-                   args.workdir)
+                   args.workdir, args.seeds)
   text = render(result, provenance.stamp(args.command,
                                          exclude=('experiments/results',)))
   folder = (nlu.results_folder() if table is nlu

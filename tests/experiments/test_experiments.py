@@ -148,8 +148,11 @@ def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
                       lambda config, inits: dict.fromkeys(
                           list(inits) + ['frozen'], 2.0))
   monkeypatch.setattr(ntk_init.init_loss, 'table_for', lambda task: lm)
-  result = ntk_init.measure('e2e_nlg', [3e-3, 1e-2, 3e-2], {}, 'work')
+  result = ntk_init.measure('e2e_nlg', [3e-3, 1e-2, 3e-2], {}, 'work',
+                            seeds=3)
   normal = result['rows']['normal 0.01']
+  # The best rate is repeated at the other seeds (this fake: seed-blind).
+  assert normal['seeds'] == [1.0, 1.0, 1.0]
   assert sorted(normal['trained']) == [3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
   assert normal['best_lr'] == 1.0 and normal['edge'] == ''
   assert sorted(result['rows']['zeros']['trained']) == [3e-3, 1e-2, 3e-2]
@@ -161,6 +164,7 @@ def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
   # not run for zeros: 1e-3 (the official inits' extension) and 0.1 .. 3
   assert zeros_line.count('—') == 5
   assert '1.000 (lr=1)' in text
+  assert '1.000 ± 0.000 (1.000 / 1.000 / 1.000)' in zeros_line
 
 
 class _FakeConfig:
