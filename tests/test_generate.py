@@ -8,7 +8,10 @@ from conftest import text_batch
 from ntk_prefix import checkpoints, generate, methods, models
 
 METHODS = ['none'] + list(methods.ADAPTING)
-OPTIONS = {'prefix_tuning': {'length': 3}, 'p_tuning_v2': {'length': 3},
+# Nonzero states where a method's default starts at the frozen model, so
+# the comparisons below see each method's term.
+OPTIONS = {'ntk_attention': {'init': 'normal', 'init_std': 0.1},
+           'prefix_tuning': {'length': 3}, 'p_tuning_v2': {'length': 3},
            'prompt_tuning': {'length': 2, 'init': 'normal'},
            'lopa': {'length': 2, 'rank': 1}, 'iapt': {'num_tokens': 2}}
 

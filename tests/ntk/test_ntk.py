@@ -38,7 +38,7 @@ def test_model_kernel_is_over_the_method_state_only(hf_checkpoint):
   Jacobian product over exactly those leaves, and ignores frozen weights."""
   path, _ = hf_checkpoint('bert')
   cfg, frozen, _ = checkpoints.load(path)
-  method = methods.get('ntk_attention', cfg)
+  method = methods.get('ntk_attention', cfg, {'init': 'normal'})
   params = {'method': method.init(jax.random.PRNGKey(0)),
             'head': models.init_classifier_head(jax.random.PRNGKey(1), cfg, 2)}
   rng = np.random.RandomState(0)
