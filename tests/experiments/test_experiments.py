@@ -343,7 +343,7 @@ def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
       'task.max_length': '64', 'task.eval_split': 'train[-16:]'})
   losses = init_loss.initial_losses(
       config, ['none', 'lora', 'full', 'iapt', 'ntk_attention:official_vit',
-               'ntk_attention'], seeds=2)
+               'ntk_attention:official_glm', 'ntk_attention'], seeds=2)
   assert config.method.name == 'ntk_attention'  # the caller's config is kept
   frozen = losses['none'][0]
   assert len(losses['none']) == 1 and len(losses['iapt']) == 2
@@ -353,7 +353,10 @@ def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
   # A preset is a row of its own: official_vit starts at Z = k = 0.
   assert losses['ntk_attention:official_vit'] == pytest.approx([frozen] * 2,
                                                                rel=1e-6)
-  assert abs(losses['ntk_attention'][0] - frozen) > 1e-6
+  # The default (Z = k = 0) starts there too; the ChatGLM preset's
+  # N(0, 1e-4) state does not.
+  assert losses['ntk_attention'] == pytest.approx([frozen] * 2, rel=1e-6)
+  assert abs(losses['ntk_attention:official_glm'][0] - frozen) > 1e-6
   command(init_loss, [
       '--methods=none,lora', '--seeds=1', f'--out={out}',
       '--config=configs/lm.py', f'--config.model.path={path}',
