@@ -154,7 +154,7 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
                           {k: v for k, v in ours_batch.items()
                            if k != 'loss_mask'}, lm=True)
       theirs = PeftStep(copy.deepcopy(base), method, peft_batch,
-                             instruction=kind == 'instruction')
+                        instruction=kind == 'instruction')
       times = {'ours': [], 'peft': []}
       for r in range(repeats + 1):  # alternating: the figures reported
         t_ours, t_peft = ours.run_train(), theirs.run_train()
