@@ -19,8 +19,7 @@ def run(*args):
                                     'experiments.vision',
                                     'experiments.init_loss',
                                     'experiments.ntk_init',
-                                    'experiments.prefix_length',
-                                    'experiments.grid_edge'])
+                                    'experiments.prefix_length'])
 def test_helpfull_lists_the_shared_flags(module):
   out = run(module, '--helpfull')  # absl exits 1 after help
   for flag in ('--config:', '--workdir:', '--methods:', '--seeds:',

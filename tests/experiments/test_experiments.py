@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from experiments import (common, grid_edge, lm, nlu, ntk_init, redraw,
-                         render, scoring)
+from experiments import (common, lm, nlu, ntk_init, redraw, render,
+                         scoring)
 
 
 def test_gsm8k_answers_are_read_like_the_dataset_writes_them():
@@ -29,25 +29,6 @@ def test_e2e_bleu_uses_every_reference():
   assert scoring.score_e2e(hyp, refs)['bleu'] == pytest.approx(1.0)
   worse = scoring.score_e2e(['The Mill.', 'Aromi serves food.'], refs)['bleu']
   assert 0.0 <= worse < 0.7
-
-
-def test_grid_edge_steps_one_point_beyond_the_end_chosen():
-  def record(searched, chosen):
-    return {'chosen': {'optimizer.lr': chosen},
-            'search': [{'overrides': {'optimizer.lr': lr}} for lr in searched]}
-  full = [1e-3, 3e-3, 1e-2, 3e-2]
-  searched = [3e-3, 1e-2]
-  further = lambda s, c: grid_edge.further_out(record(s, c), full)
-  assert further(searched, 1e-2) == ('top', 3e-2)
-  assert further(searched, 3e-3) == ('bottom', 1e-3)
-  assert further([1e-2, 3e-2], 3e-2) == ('top', None)
-  assert further(full[:3], 3e-3) == ('inside', None)
-  # Another searched key at the end of its grid says nothing about the rate.
-  two_keys = {'chosen': {'method.prefix_len': 16, 'optimizer.lr': 3e-3},
-              'search': [{'overrides': {'method.prefix_len': n,
-                                        'optimizer.lr': lr}}
-                         for n in (4, 16) for lr in full[:3]]}
-  assert grid_edge.further_out(two_keys, full) == ('inside', None)
 
 
 def test_mean_std_is_the_sample_std():
@@ -251,39 +232,6 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command):
   redraw.main(['redraw', str(out)])
   assert (out / 'table.md').read_text() == table
 
-  # One grid point further out for each choice at an end of the grid: the
-  # table's run folders, one new run per edge choice, nothing else rerun.
-  # The table's sizes come from its recorded command, not from the caller.
-  rows = grid_edge.check('nlu', 'cb', results, {}, str(work),
-                         log=lambda s: None)
-  # The extending search looked beyond its ends already: nothing to do.
-  assert rows == []
-  assert all(p.stat().st_mtime == t for p, t in mtimes.items())
-  # A table of the old fixed two-point grid: one point further out for each
-  # choice at an end, read or run in the table's run folders.
-  import copy
-  legacy = copy.deepcopy(results)
-  for r in legacy['tasks']['cb']['records']:
-    r['search'] = sorted(r['search'][:2],
-                         key=lambda p: p['overrides']['optimizer.lr'])
-    r['chosen'] = max(r['search'], key=lambda p: p['select'])['overrides']
-    del r['edge'], r['runs_spent']
-  rows = grid_edge.check('nlu', 'cb', legacy, {}, str(work),
-                         log=lambda s: None)
-  assert [r['method'] for r in rows] == ['none', 'ntk_attention']
-  for r in rows:
-    assert r['further'] is not None  # two points: the choice is at an end
-    [path] = work.glob(f'cb*/{r["method"]}/lr={r["further"]},seed=0/'
-                       'final_metrics.json')
-    ran = json.loads(path.read_text())
-    assert r['further_select'] == ran['eval_accuracy']
-    assert r['better'] == (ran['eval_accuracy'] > r['select'])
-  text = grid_edge.render(rows, 'cb',
-                          {'command': 'c', 'commit': 'x', 'date': 'd'})
-  better = sum(r.get('better', False) for r in rows)
-  assert f'{better} of {len(rows)} do better' in text
-  assert '| ntk_attention |' in text and 'test_accuracy' in text
-  assert 'nan' not in text  # only metrics the table itself reported
   assert (out / 'metric_vs_params.png').exists()
 
 
