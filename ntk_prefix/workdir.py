@@ -20,7 +20,7 @@ import socket
 import sys
 from typing import Optional
 
-from ntk_prefix import atomic, config as config_lib
+from ntk_prefix import atomic, config as config_lib, methods
 from ntk_prefix.checkpointing import WorkdirError
 
 # Config fields a resumed run may change. total_steps extends (or shortens)
@@ -59,8 +59,17 @@ def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
   rec = flat(recorded)
   defaults = config_dict(config_lib.base_config())
   # A run reads only its own method's options (method.<name>.*): another
-  # method's defaults may change without making it another run.
+  # method's defaults may change without making it another run. Its own are
+  # compared as the values the run uses (a preset's, where the config left
+  # the default: a preset run recorded before a default changed is the
+  # same run).
   own = f'method.{now.get("method.name")}.'
+  if rec.get('method.name') == now.get('method.name'):
+    for d, cfg in ((rec, recorded), (now, json.loads(
+        config.to_json_best_effort()))):
+      task = cfg.get('task', {}).get('name', '')
+      d.update({own + k: v for k, v in methods.effective_options(
+          cfg['method'], task).items()})
 
   def same(k):
     if k.startswith('method.') and k.count('.') > 1 and not k.startswith(own):

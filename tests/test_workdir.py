@@ -94,6 +94,23 @@ def test_resumable_fields_may_change(finished_run):
   other['method']['ntk_attention']['init_std'] *= 2
   assert list(workdir_lib.differing_keys(other, same_run(c))) == [
       'method.ntk_attention.init_std']
+  # Under a preset, options are compared as the values the run uses: a run
+  # of official_vit recorded while 'normal' was the default init (the
+  # preset's 'zeros' applied) is the run that preset gives today.
+  vit = json.loads(json.dumps(recorded))
+  vit['method']['preset'] = 'official_vit'
+  vit['method']['ntk_attention']['init'] = 'normal'
+  now = same_run(c)
+  now.method.preset = 'official_vit'
+  assert workdir_lib.differing_keys(vit, now) == {}
+  now.method.ntk_attention.phi_dropout = 0.5  # not the preset's 0.2
+  assert workdir_lib.differing_keys(vit, now) == {
+      'method.ntk_attention.phi_dropout': (0.2, 0.5)}
+  # Without a preset the recorded value is the one used: another run.
+  vit['method']['preset'] = ''
+  now = same_run(c)
+  assert workdir_lib.differing_keys(vit, now) == {
+      'method.ntk_attention.init': ('normal', 'zeros')}
 
 
 def same_run(c):

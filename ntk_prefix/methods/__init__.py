@@ -133,20 +133,46 @@ def from_config(method_config, model_cfg: ModelConfig, task: str = '',
   """From `config.method`: {'name', 'preset', <name>: {options}, ...}.
 
   With a preset, an option keeps the preset's value unless the config sets
-  it to something other than the method's default.
+  it to something that is not, and never was, the method's default
+  (`Method.former_defaults`).
   """
+  name, options, preset = _parts(method_config)
+  return get(name, model_cfg, _overrides(name, options, preset),
+             preset=preset, task=task, tokenizer=tokenizer)
+
+
+def effective_options(method_config, task: str = '') -> dict:
+  """{option: value} a run of `config.method` uses (defaults, the preset's
+  values, the config's overrides), without building the method: two
+  configs naming the same values are the same run."""
+  name, options, preset = _parts(method_config)
+  if name not in REGISTRY or (preset and preset not in REGISTRY[name].presets):
+    return options  # from_config names the error
+  values = dict(default_options()[name])
+  if preset:
+    values.update(REGISTRY[name].presets[preset].resolve(task))
+  values.update(_overrides(name, options, preset))
+  return values
+
+
+def _parts(method_config) -> tuple:
+  """(name, {option: value}, preset) of `config.method` or its JSON dict."""
   name = method_config['name']
-  options = method_config.get(name, {}) if hasattr(method_config, 'get') else {}
+  get_ = getattr(method_config, 'get', None)
+  options = get_(name, {}) if get_ else {}
   if hasattr(options, 'to_dict'):
     options = options.to_dict()
-  preset = method_config.get('preset', '') if hasattr(method_config,
-                                                      'get') else ''
-  if preset and name in REGISTRY:
-    defaults = default_options()[name]
-    options = {k: v for k, v in options.items()
-               if k not in defaults or _differs(v, defaults[k])}
-  return get(name, model_cfg, options, preset=preset, task=task,
-             tokenizer=tokenizer)
+  return name, dict(options or {}), (get_('preset', '') if get_ else '') or ''
+
+
+def _overrides(name: str, options: dict, preset: str) -> dict:
+  if not preset or name not in REGISTRY:
+    return options
+  defaults = default_options()[name]
+  former = REGISTRY[name].former_defaults
+  was_default = lambda k, v: k in defaults and any(
+      not _differs(v, d) for d in (defaults[k],) + tuple(former.get(k, ())))
+  return {k: v for k, v in options.items() if not was_default(k, v)}
 
 
 def _differs(a, b) -> bool:

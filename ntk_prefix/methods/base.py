@@ -74,6 +74,10 @@ class Method(Adapter):
   # decay must not shrink; biases and norm scales are never decayed anyway.
   no_decay: ClassVar[tuple] = ()
   presets: ClassVar[dict] = {}  # name -> Preset
+  # option -> the defaults it had before (oldest first). Under a preset, a
+  # config's option equal to its default means "the preset's value", and a
+  # run recorded before a default changed holds the old one there.
+  former_defaults: ClassVar[dict] = {}
   # The option holding the length of an explicit key/value prefix, for the
   # methods that attend to one ('' otherwise): length sweeps, compression.
   prefix_length_option: ClassVar[str] = ''

@@ -81,6 +81,7 @@ class NtkAttention(base.Method):
   no_decay = ('k',)  # one vector per head: the prefix's summed key features
   Options = Options
   presets = PRESETS
+  former_defaults = {'init': ('normal',)}  # until 739f9f9
 
   def validate(self):
     o = self.opts

@@ -1,5 +1,7 @@
 """Named presets reproduce their sources' configurations; official_vit holds
 k at exactly zero while Z trains."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -75,6 +77,13 @@ def test_config_values_other_than_the_default_win_over_a_preset(bert):
   assert methods.from_config(c.method, cfg).opts.phi_dropout == 0.2
   c.method.ntk_attention.phi_dropout = 0.5
   assert methods.from_config(c.method, cfg).opts.phi_dropout == 0.5
+  # A former default (configs recorded before it changed hold it) is no
+  # override either: the preset's init stays.
+  c.method.ntk_attention.init = 'normal'
+  assert methods.from_config(c.method, cfg).opts.init == 'zeros'
+  # The values a run uses, read off its config without building the method.
+  assert methods.effective_options(c.method) == dataclasses.asdict(
+      methods.from_config(c.method, cfg).opts)
   c.method.preset = 'offical_vit'
   with pytest.raises(methods.MethodError, match=r"Did you mean \['official_"
                      r"vit'"):
