@@ -36,7 +36,7 @@ run: install
 test: install
 	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
-# Timings and memory (about 27 minutes on 2 cores): benchmarks/results/.
+# Timings and memory (about 30 minutes on 2 cores): benchmarks/results/.
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.run
