@@ -6,24 +6,28 @@ import shlex
 import subprocess
 
 
-# Untracked files here change what a command runs, so they mark a stamp too.
-SOURCE_DIRS = ('ntk_prefix', 'configs', 'experiments', 'benchmarks')
+# What a command runs: a change here, tracked or not, marks a stamp. Edits
+# elsewhere (README, tests, notes) do not change a run's numbers; marking
+# them made most runs of a table written beside its README '+changes'.
+SOURCE_DIRS = ('ntk_prefix', 'configs', 'experiments', 'benchmarks',
+               'setup.py')
 # Outputs, not code: a table being written must not mark the runs it
 # starts next as '+changes'.
 OUTPUTS = ('experiments/results', 'benchmarks/results')
 
 
 def git_commit(exclude: tuple = ()) -> str:
-  """The short commit, with '+changes' when a tracked file differs from it
-  or an untracked file exists under SOURCE_DIRS (OUTPUTS and paths in
-  `exclude` do not count)."""
+  """The short commit, with '+changes' when a file under SOURCE_DIRS differs
+  from it or is untracked there (OUTPUTS and paths in `exclude` do not
+  count)."""
   try:
     git = lambda *a: subprocess.check_output(['git', *a], text=True,
                                              stderr=subprocess.DEVNULL)
     commit = git('rev-parse', '--short', 'HEAD').strip()
     root = git('rev-parse', '--show-toplevel').strip()
     skip = [f':!{p}' for p in (*OUTPUTS, *exclude)]
-    changed = git('-C', root, 'diff', '--name-only', 'HEAD', '--', '.', *skip)
+    changed = git('-C', root, 'diff', '--name-only', 'HEAD', '--',
+                  *SOURCE_DIRS, *skip)
     untracked = git('-C', root, 'ls-files', '--others', '--exclude-standard',
                     '--', *SOURCE_DIRS, *skip)
     return commit + ('+changes' if changed.strip() or untracked.strip()

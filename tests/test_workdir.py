@@ -310,6 +310,16 @@ def test_provenance_marks_untracked_source_files(tmp_path, monkeypatch):
   git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'b')
   (tmp_path / 'experiments' / 'results' / 'table.md').write_text('new\n')
   assert not provenance.git_commit().endswith('+changes')
+  # So is prose: a tracked README edited while a table runs.
+  (tmp_path / 'README.md').write_text('old\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
+  (tmp_path / 'README.md').write_text('new\n')
+  assert not provenance.git_commit().endswith('+changes')
+  (tmp_path / 'ntk_prefix' / 'a.py').write_text('x = 2\n')  # tracked code
+  assert provenance.git_commit().endswith('+changes')
+  (tmp_path / 'ntk_prefix' / 'a.py').write_text('x = 1\n')
+  assert not provenance.git_commit().endswith('+changes')
   (tmp_path / 'experiments' / 'x.py').write_text('z = 3\n')
   assert provenance.git_commit().endswith('+changes')
 
