@@ -55,8 +55,8 @@ def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
   """{key: (recorded, now)} for the keys that differ and may not. A key the
   recorded config lacks (a field added to the codebase since) counts only if
   it is now set to something other than its default."""
-  now = config_dict(config)
-  rec = flat(recorded)
+  given = json.loads(config.to_json_best_effort())
+  now, rec = flat(given), flat(recorded)
   defaults = config_dict(config_lib.base_config())
   # A run reads only its own method's options (method.<name>.*): another
   # method's defaults may change without making it another run. Its own are
@@ -65,8 +65,7 @@ def differing_keys(recorded: dict, config, resumable=RESUMABLE) -> dict:
   # same run).
   own = f'method.{now.get("method.name")}.'
   if rec.get('method.name') == now.get('method.name'):
-    for d, cfg in ((rec, recorded), (now, json.loads(
-        config.to_json_best_effort()))):
+    for d, cfg in ((rec, recorded), (now, given)):
       task = cfg.get('task', {}).get('name', '')
       d.update({own + k: v for k, v in methods.effective_options(
           cfg['method'], task).items()})

@@ -158,11 +158,10 @@ def effective_options(method_config, task: str = '') -> dict:
 def _parts(method_config) -> tuple:
   """(name, {option: value}, preset) of `config.method` or its JSON dict."""
   name = method_config['name']
-  get_ = getattr(method_config, 'get', None)
-  options = get_(name, {}) if get_ else {}
+  options = method_config.get(name) or {}
   if hasattr(options, 'to_dict'):
     options = options.to_dict()
-  return name, dict(options or {}), (get_('preset', '') if get_ else '') or ''
+  return name, dict(options), method_config.get('preset') or ''
 
 
 def _overrides(name: str, options: dict, preset: str) -> dict:
