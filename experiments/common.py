@@ -10,8 +10,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from experiments import render
+from experiments import ledger as ledger_lib, render
 from ntk_prefix import atomic, config as config_lib, provenance
+from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.sweep import point_name, run_point
 
 
@@ -62,14 +63,27 @@ def grid_for(space: dict, label: str) -> list:
 
 
 def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
-             base: dict) -> tuple:
+             base: dict, ledger: Optional[str] = None) -> tuple:
   """(workdir, final metrics) of one run of a table: `point` at `seed`, in
-  the folder the table keeps it in (finished runs are read, not rerun).
+  the folder the table keeps it in (finished runs are read, not rerun: from
+  the folder, else from the table's `ledger`, see experiments.ledger).
   `method` is a row label, 'NAME' or 'NAME:PRESET'."""
   workdir = os.path.join(root, method.replace(':', '-'),
                          point_name(point) + f',seed={seed}')
   overrides = {**base, **method_overrides(method), **point, 'seed': seed}
-  return workdir, run_point(configured(spec, overrides), workdir)
+  config = configured(spec, overrides)
+  run = run_key(root, workdir)
+  kept = ledger_lib.find(ledger, run, config)
+  if kept and not os.path.exists(os.path.join(workdir, 'final_metrics.json')):
+    return workdir, kept['metrics']
+  metrics = run_point(config, workdir)
+  ledger_lib.add(ledger, run, workdir_lib.recorded_config(workdir), metrics)
+  return workdir, metrics
+
+
+def run_key(root: str, workdir: str) -> str:
+  """A run's name in a ledger: its folder below the command's --workdir."""
+  return os.path.relpath(workdir, os.path.dirname(os.path.normpath(root)))
 
 
 # The search extends its grid outward while the best score sits at an end,
@@ -130,20 +144,26 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     score: Callable[[str, dict], dict],
                     base: Optional[dict] = None,
                     log: Callable = print,
-                    max_extra: int = MAX_EXTRA_POINTS) -> dict:
+                    max_extra: int = MAX_EXTRA_POINTS,
+                    ledger: Optional[str] = None) -> dict:
   """Seed 0 at every grid point, extended outward while the best sits at an
   end (search_outward); choose on `select` (held-out rows), then the chosen
   point at seeds 1.. . `score(workdir, metrics)` returns the reported
   metrics of one finished run (e.g. dev accuracy, BLEU): it is called for
   the chosen point's runs only, so a generation table decodes 3 runs a row,
   not every point searched, and no reported score of a point that was not
-  chosen exists to be looked at. `base` overrides apply to every run.
+  chosen exists to be looked at. `base` overrides apply to every run;
+  finished runs and their scores are kept in `ledger` (experiments.ledger).
   """
   search, finished = [], []
   base = base or {}
 
+  def scored(workdir, metrics):
+    return ledger_lib.scores(ledger, run_key(root, workdir), metrics,
+                             lambda: score(workdir, metrics))
+
   def evaluate(point):
-    workdir, metrics = run_seed(spec, root, method, point, 0, base)
+    workdir, metrics = run_seed(spec, root, method, point, 0, base, ledger)
     finished.append((workdir, metrics))
     search.append({'overrides': point, 'select': metrics[select],
                    'wall_seconds': metrics['wall_seconds'],
@@ -159,15 +179,15 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                                    max_extra=max_extra)
   best = int(np.argmax(values) if higher_is_better else np.argmin(values))
   chosen = search[best]
-  chosen['scores'] = score(*finished[best])
+  chosen['scores'] = scored(*finished[best])
   log(f'  {method} seed 0: {_fmt(chosen["scores"])}')
   runs = [{'seed': 0, 'scores': chosen['scores'],
            'wall_seconds': chosen['wall_seconds'],
            'device': chosen['device']}]
   for seed in range(1, seeds):
     workdir, metrics = run_seed(spec, root, method, chosen['overrides'],
-                                seed, base)
-    runs.append({'seed': seed, 'scores': score(workdir, metrics),
+                                seed, base, ledger)
+    runs.append({'seed': seed, 'scores': scored(workdir, metrics),
                  'wall_seconds': metrics['wall_seconds'],
                  'device': metrics.get('device', ''),
                  'commit': metrics.get('commit', '')})
@@ -223,7 +243,8 @@ def classification_tables(config_path: str, module, tasks: list,
                    base),
           select='eval_accuracy', higher_is_better=True, base=base,
           score=lambda workdir, m: {'test_accuracy': m['test_accuracy']},
-          log=lambda s: print(s, file=sys.stderr, flush=True))
+          log=lambda s: print(s, file=sys.stderr, flush=True),
+          ledger=ledger_lib.path_for(out))
       results['tasks'][task]['records'].append(record)
       write_results(out, results, command)  # partial tables as we go
   return write_results(out, results, command)

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from experiments import common, flags, papers
+from experiments import ledger as ledger_lib
 from experiments.scoring import SCORERS
 from ntk_prefix import config as config_lib, methods, provenance
 
@@ -208,7 +209,8 @@ def main(argv):
               module.get_search_space(task + size), method),
           args.seeds, root, select='eval_loss', higher_is_better=False,
           score=score, base=base,
-          log=lambda s: print(s, file=sys.stderr, flush=True))
+          log=lambda s: print(s, file=sys.stderr, flush=True),
+          ledger=ledger_lib.path_for(out))
     results['tasks'][task]['records'].append(record)
     common.write_results(out, results, args.command)
   print(common.write_results(out, results, args.command))

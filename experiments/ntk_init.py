@@ -14,11 +14,13 @@ Writes experiments/results/<table>/ntk_init_<task>.md. Runs resume.
 """
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 from absl import flags as absl_flags
 
 from experiments import common, flags, init_loss, lm, nlu
+from experiments import ledger as ledger_lib
 from ntk_prefix import atomic, config as config_lib, provenance
 
 # label -> (method label, options): the inits compared.
@@ -36,7 +38,7 @@ LRS = absl_flags.DEFINE_list(
 
 
 def measure(task: str, lrs: list, base: dict, workdir: str,
-            seeds: int = 1) -> dict:
+            seeds: int = 1, ledger: Optional[str] = None) -> dict:
   table = init_loss.table_for(task)
   spec = f'{table.CONFIG}:{task}'
   config = common.configured(spec, base)
@@ -48,7 +50,7 @@ def measure(task: str, lrs: list, base: dict, workdir: str,
 
     def evaluate(point, method=method, options=options, trained=trained):
       _, metrics = common.run_seed(spec, root, method, {**options, **point},
-                                   0, base)
+                                   0, base, ledger)
       lr = point[common.SEARCH_KEY]
       trained[lr] = {k: metrics[k] for k in metrics
                      if k.startswith(('eval_', 'test_'))}
@@ -62,7 +64,8 @@ def measure(task: str, lrs: list, base: dict, workdir: str,
     at_best = [min(values)] + [  # seed 0's is the search's
         common.run_seed(spec, root, method,
                         {**options, common.SEARCH_KEY: best}, seed,
-                        base)[1]['eval_loss'] for seed in range(1, seeds)]
+                        base, ledger)[1]['eval_loss']
+        for seed in range(1, seeds)]
     rows[label] = {'init_loss': start[label], 'trained': trained,
                    'best_lr': best, 'edge': edge, 'seeds': at_best}
   return {'task': task, 'rows': rows, 'frozen': start['frozen'],
@@ -130,13 +133,13 @@ def main(argv):
   table = init_loss.table_for(task)
   args = flags.parsed(argv, 'experiments.ntk_init', table.CONFIG, WORKDIR,
                       unused=('methods', 'full', 'tasks'))
-  result = measure(task, [float(x) for x in LRS.value], args.base,
-                   args.workdir, args.seeds)
-  text = render(result, provenance.stamp(args.command,
-                                         exclude=('experiments/results',)))
   folder = (nlu.results_folder() if table is nlu
             else lm.results_folder(task))
   out = args.out or os.path.join(folder, f'ntk_init_{task}.md')
+  result = measure(task, [float(x) for x in LRS.value], args.base,
+                   args.workdir, args.seeds, ledger_lib.path_for(out))
+  text = render(result, provenance.stamp(args.command,
+                                         exclude=('experiments/results',)))
   atomic.write_text(out, text)
   print(text)
 

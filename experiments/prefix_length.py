@@ -28,6 +28,7 @@ import numpy as np
 from absl import flags as absl_flags
 
 from experiments import common, flags, init_loss, lm, nlu
+from experiments import ledger as ledger_lib
 from experiments import prefix_length_report
 from experiments.prefix_length_report import PREFIX_METHODS, REFERENCES
 from ntk_prefix import atomic, config as config_lib, methods, provenance
@@ -92,7 +93,7 @@ def prefix_overrides(method: str, m: int) -> dict:
 
 
 def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
-        log) -> dict:
+        log, ledger: str) -> dict:
   overrides = {} if m is None else prefix_overrides(method, m)
   base = {**task.base, **overrides}
   unadapted = method in methods.UNADAPTED  # the frozen model: no step cost
@@ -102,7 +103,7 @@ def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
     record = common.tune_and_repeat(
         task.spec, method, task.grid(method), seeds, root,
         select=task.select, higher_is_better=task.higher, score=task.score,
-        base=base, log=log, max_extra=max_extra)
+        base=base, log=log, max_extra=max_extra, ledger=ledger)
   record.update(prefix_length=m, cost=None if unadapted else step_cost(
       task, {'method.name': method, **overrides}))
   return record
@@ -116,6 +117,8 @@ def compressed(task: Task, method: str, record: dict, root: str, steps: int,
   base = {**task.base, **prefix_overrides(method, record['prefix_length'])}
   runs = []
   for run in record['runs']:
+    # No ledger: compressing reads the run's checkpoint, so a run whose
+    # folder is gone trains again.
     workdir, _ = common.run_seed(task.spec, root, method,
                                  record['chosen'], run['seed'], base)
     out = workdir + '-compressed'
@@ -172,7 +175,8 @@ def main(argv):
     for m in lengths:
       root = common.run_root(args.workdir, f'{name}-m{m}', base)
       log(f'== {method} m={m}')
-      record = row(task, method, m, root, args.seeds, MAX_EXTRA.value, log)
+      record = row(task, method, m, root, args.seeds, MAX_EXTRA.value, log,
+                   ledger_lib.path_for(out))
       results['records'].append(record)
       if m == max(lengths):
         largest[method] = (record, root)
@@ -181,7 +185,8 @@ def main(argv):
     log(f'== {method}')
     root = common.run_root(args.workdir, name, base)
     results['records'].append(row(task, method, None, root, args.seeds,
-                                  MAX_EXTRA.value, log))
+                                  MAX_EXTRA.value, log,
+                                  ledger_lib.path_for(out)))
     write(out, results, args.command)
   results['compressed'] = []
   for method, (record, root) in largest.items():

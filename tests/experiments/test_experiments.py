@@ -90,7 +90,7 @@ def test_only_the_chosen_point_is_scored(monkeypatch):
   taken of the chosen rate's runs alone: the search reads held-out rows."""
   held_out = {1e-3: 0.6, 3e-3: 0.8, 1e-2: 0.7}
 
-  def fake_run(spec, root, method, point, seed, base):
+  def fake_run(spec, root, method, point, seed, base, ledger=None):
     lr = point['optimizer.lr']
     return f'{lr},{seed}', {'eval_accuracy': held_out[lr],
                             'wall_seconds': 1.0, 'trainable_params': 5}
@@ -116,7 +116,7 @@ def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
   """An init whose best held-out loss sits at the top of --lrs is trained
   one rate further, the others are not; the table says which rates ran."""
   best_lr = {'zeros': 1e-2, 'normal 0.01': 1.0}  # normal keeps improving
-  def fake_run(spec, root, method, point, seed, base):
+  def fake_run(spec, root, method, point, seed, base, ledger=None):
     label = 'zeros' if point.get('method.ntk_attention.init') == 'zeros' \
         else 'normal 0.01' if 'method.ntk_attention.init' in point else method
     lr = point['optimizer.lr']
@@ -231,8 +231,16 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command):
   (out / 'metric_vs_params.png').unlink()
   redraw.main(['redraw', str(out)])
   assert (out / 'table.md').read_text() == table
-
   assert (out / 'metric_vs_params.png').exists()
+  # A fresh clone on another machine: the run folders are gone, the ledger
+  # committed with the results lists every finished run and its scores, so
+  # the table comes back the same and nothing trains.
+  assert len((out / 'runs.jsonl').read_text().splitlines()) == len(mtimes)
+  work.rename(tmp_path / 'elsewhere')
+  command(nlu, argv)
+  assert not work.exists() or not list(work.rglob('final_metrics.json'))
+  again = json.loads((out / 'results.json').read_text())
+  assert again['tasks'] == results['tasks']
 
 
 def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir):

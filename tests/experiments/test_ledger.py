@@ -1,0 +1,97 @@
+"""A table's finished runs outlive their folders: the ledger committed next
+to its results (experiments/ledger.py)."""
+import json
+import os
+import shutil
+
+import pytest
+
+from experiments import common, ledger
+from ntk_prefix import atomic, workdir as workdir_lib
+
+SPEC = 'configs/nlu.py:cb'
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+  """run_point without training: records the config and a final metric that
+  tells runs apart; counts the runs it 'trained'."""
+  trained = []
+
+  def fake_run_point(config, workdir):
+    final = os.path.join(workdir, 'final_metrics.json')
+    if not os.path.exists(final):
+      os.makedirs(workdir, exist_ok=True)
+      workdir_lib.record_config(workdir, config)
+      atomic.write_json(final, {
+          'eval_loss': config.optimizer.lr + config.seed, 'commit': 'abc1234',
+          'wall_seconds': 1.0, 'trainable_params': 5})
+      trained.append(workdir)
+    with open(final) as f:
+      return json.load(f)
+
+  monkeypatch.setattr(common, 'run_point', fake_run_point)
+  return trained
+
+
+def test_a_run_whose_folder_is_gone_is_read_from_the_ledger(tmp_path,
+                                                             trainings):
+  root, path = str(tmp_path / 'runs' / 'cb'), str(tmp_path / 'runs.jsonl')
+  point = {'optimizer.lr': 0.01}
+  workdir, first = common.run_seed(SPEC, root, 'lora', point, 1, {}, path)
+  assert len(trainings) == 1 and first['eval_loss'] == pytest.approx(1.01)
+  assert list(ledger.read(path)) == ['cb/lora/lr=0.01,seed=1']
+  shutil.rmtree(tmp_path / 'runs')  # a fresh machine: the folders are gone
+  again = common.run_seed(SPEC, root, 'lora', point, 1, {}, path)
+  assert again == (workdir, first) and len(trainings) == 1
+  # The same folder name for another config is another run: trained, and
+  # its record replaces the old one.
+  _, other = common.run_seed(SPEC, root, 'lora', point, 1,
+                             {'total_steps': 7}, path)
+  assert len(trainings) == 2
+  assert ledger.read(path)['cb/lora/lr=0.01,seed=1']['config'][
+      'total_steps'] == 7
+  # Without a ledger, a missing folder trains.
+  shutil.rmtree(tmp_path / 'runs')
+  common.run_seed(SPEC, root, 'lora', point, 1, {'total_steps': 7})
+  assert len(trainings) == 3
+
+
+def test_scores_are_kept_with_the_run_they_score(tmp_path, trainings):
+  """A generation table's scores come from decoding a run's checkpoint:
+  kept, they need neither the folder nor a decode; a run retrained with
+  other final metrics is scored again."""
+  root, path = str(tmp_path / 'runs' / 'e2e'), str(tmp_path / 'runs.jsonl')
+  decoded = []
+
+  def score(workdir, metrics):
+    decoded.append(workdir)
+    return {'bleu': 0.5}
+
+  grid = [{'optimizer.lr': 0.01}, {'optimizer.lr': 0.03}]
+  kw = dict(select='eval_loss', higher_is_better=False, score=score,
+            log=lambda s: None, max_extra=0, ledger=path)
+  first = common.tune_and_repeat(SPEC, 'lora', grid, 2, root, **kw)
+  assert len(decoded) == 2 and len(trainings) == 3
+  shutil.rmtree(tmp_path / 'runs')
+  assert common.tune_and_repeat(SPEC, 'lora', grid, 2, root, **kw) == first
+  assert len(decoded) == 2 and len(trainings) == 3
+  record = ledger.read(path)['e2e/lora/lr=0.01,seed=1']
+  assert record['scores'] == {'bleu': 0.5}
+  record['metrics']['eval_loss'] = 9.0  # not what these scores were of
+  assert ledger.scores(path, record['run'], record['metrics'],
+                       lambda: {'bleu': 0.1}) == {'bleu': 0.1}
+
+
+def test_a_damaged_ledger_is_named_with_its_line(tmp_path):
+  path = tmp_path / 'runs.jsonl'
+  path.write_text('{"run": "a", "config": {}, "metrics": {}}\n{"run": \n')
+  with pytest.raises(SystemExit, match=r'runs.jsonl line 2 is not JSON'):
+    ledger.read(str(path))
+
+
+def test_where_a_ledger_lives():
+  assert ledger.path_for('experiments/results/e2e_nlg') == \
+      'experiments/results/e2e_nlg/runs.jsonl'
+  assert ledger.path_for('experiments/results/nlu/ntk_init_sst2.md') == \
+      'experiments/results/nlu/ntk_init_sst2.runs.jsonl'
