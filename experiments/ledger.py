@@ -65,8 +65,10 @@ def find(path: Optional[str], run: str, config) -> Optional[dict]:
 
 def add(path: Optional[str], run: str, config: dict, metrics: dict) -> None:
   """Records a finished run (replacing a record of another config; the
-  scores of the same config are kept)."""
-  if not path:
+  scores of the same config are kept). A run trained from a tree with
+  uncommitted changes is not kept: no checkout reproduces it, so a fresh
+  clone trains it again from a commit."""
+  if not path or str(metrics.get('commit', '')).endswith('+changes'):
     return
   records = read(path)
   old = records.get(run, {})

@@ -127,7 +127,11 @@ def run_commits(results: dict) -> str:
   lack them): the code that produced the numbers, not only the table's."""
   found = sorted({c for block in results['tasks'].values()
                   for r in block['records'] for c in r.get('commits', [])})
-  return f" Runs trained at: {', '.join(found)}." if found else ''
+  dirty = [c for c in found if c.endswith('+changes')]
+  note = (f" Runs at {', '.join(dirty)} were trained from a tree with "
+          'uncommitted changes: no checkout reproduces them exactly.'
+          if dirty else '')
+  return f" Runs trained at: {', '.join(found)}.{note}" if found else ''
 
 
 def markdown(results: dict) -> str:

@@ -31,6 +31,16 @@ def test_e2e_bleu_uses_every_reference():
   assert 0.0 <= worse < 0.7
 
 
+def test_runs_from_uncommitted_code_are_marked_in_the_table():
+  results = {'tasks': {'cb': {'records': [
+      {'commits': ['abc1234']}, {'commits': ['abc1234', 'def5678+changes']}]}}}
+  text = render.run_commits(results)
+  assert 'Runs trained at: abc1234, def5678+changes.' in text
+  assert 'def5678+changes were trained from a tree with uncommitted' in text
+  assert 'uncommitted' not in render.run_commits(
+      {'tasks': {'cb': {'records': [{'commits': ['abc1234']}]}}})
+
+
 def test_mean_std_is_the_sample_std():
   m, s = render.mean_std([70.0, 72.0, 77.0])
   assert m == pytest.approx(73.0)

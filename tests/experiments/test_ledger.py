@@ -83,6 +83,14 @@ def test_scores_are_kept_with_the_run_they_score(tmp_path, trainings):
                        lambda: {'bleu': 0.1}) == {'bleu': 0.1}
 
 
+def test_runs_from_uncommitted_code_are_not_kept(tmp_path):
+  path = str(tmp_path / 'runs.jsonl')
+  ledger.add(path, 'a', {'seed': 0}, {'commit': 'abc1234+changes'})
+  assert ledger.read(path) == {}
+  ledger.add(path, 'a', {'seed': 0}, {'commit': 'abc1234'})
+  assert list(ledger.read(path)) == ['a']
+
+
 def test_a_damaged_ledger_is_named_with_its_line(tmp_path):
   path = tmp_path / 'runs.jsonl'
   path.write_text('{"run": "a", "config": {}, "metrics": {}}\n{"run": \n')
