@@ -64,10 +64,9 @@ def grid_for(space: dict, label: str) -> list:
 
 def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
              base: dict, ledger: Optional[str] = None) -> tuple:
-  """(workdir, final metrics) of one run of a table: `point` at `seed`, in
-  the folder the table keeps it in (finished runs are read, not rerun: from
-  the folder, else from the table's `ledger`, see experiments.ledger).
-  `method` is a row label, 'NAME' or 'NAME:PRESET'."""
+  """(workdir, final metrics) of one run of a table, `method` ('NAME' or
+  'NAME:PRESET') at `point` and `seed`. A finished run is read, not rerun:
+  from its folder, else from the `ledger` (experiments.ledger)."""
   workdir = os.path.join(root, method.replace(':', '-'),
                          point_name(point) + f',seed={seed}')
   overrides = {**base, **method_overrides(method), **point, 'seed': seed}
@@ -75,6 +74,8 @@ def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
   run = run_key(root, workdir)
   kept = ledger_lib.find(ledger, run, config)
   if kept and not os.path.exists(os.path.join(workdir, 'final_metrics.json')):
+    ledger_lib.add(ledger, run, kept['config'], kept['metrics'],
+                   kept.get('scores'))  # another table's run: now ours too
     return workdir, kept['metrics']
   metrics = run_point(config, workdir)
   ledger_lib.add(ledger, run, workdir_lib.recorded_config(workdir), metrics)
@@ -238,9 +239,8 @@ def classification_tables(config_path: str, module, tasks: list,
     for method in methods:
       record = tune_and_repeat(
           f'{config_path}:{task}{size}', method, grid_for(space, method),
-          seeds,
-          run_root(workdir, task.replace(':', '_') + size.replace(',', '_'),
-                   base),
+          seeds, run_root(workdir, task.replace(':', '_') +
+                          size.replace(',', '_'), base),
           select='eval_accuracy', higher_is_better=True, base=base,
           score=lambda workdir, m: {'test_accuracy': m['test_accuracy']},
           log=lambda s: print(s, file=sys.stderr, flush=True),

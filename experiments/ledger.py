@@ -9,6 +9,7 @@ exactly as it would its folder: only if the recorded config equals the one
 the table asks for now (workdir.differing_keys, the rule a folder obeys).
 To rerun a run, delete its line (and its folder).
 """
+import glob
 import json
 import os
 from typing import Callable, Optional
@@ -52,20 +53,36 @@ def _write(path: str, records: dict) -> None:
 
 
 def find(path: Optional[str], run: str, config) -> Optional[dict]:
-  """The ledger's record of `run` if it was trained with `config`, else
-  None (no ledger, no record, or a record of another config)."""
+  """The record of a run trained with `config`: this ledger's own record of
+  `run`, else a record of the same config in any table's ledger beside it
+  (ntk_init's `zeros` runs are the E2E table's ntk_attention runs). None if
+  there is none, or no ledger."""
   if not path:
     return None
-  record = read(path).get(run)
-  if record is None or workdir_lib.differing_keys(
-      record['config'], config, ('progress',)):
-    return None
-  return record
+  own = read(path).get(run)
+  if own is not None and _trained_with(own, config):
+    return own
+  results = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  for other in sorted(glob.glob(os.path.join(results, '*', '*' + FILE))):
+    for record in read(other).values():
+      if _trained_with(record, config):
+        return record
+  return None
 
 
-def add(path: Optional[str], run: str, config: dict, metrics: dict) -> None:
-  """Records a finished run (replacing a record of another config; the
-  scores of the same config are kept). A run trained from a tree with
+def _trained_with(record: dict, config) -> bool:
+  rec = record['config']
+  if (rec.get('seed'), rec.get('optimizer', {}).get('lr'),
+      rec.get('method', {}).get('name')) != (
+          config.seed, config.optimizer.lr, config.method.name):
+    return False  # most records: told apart without the full comparison
+  return not workdir_lib.differing_keys(rec, config, ('progress',))
+
+
+def add(path: Optional[str], run: str, config: dict, metrics: dict,
+        scores: Optional[dict] = None) -> None:
+  """Records a finished run (replacing another record of `run`; the scores
+  of the same run are kept). A run trained from a tree with
   uncommitted changes is not kept: no checkout reproduces it, so a fresh
   clone trains it again from a commit."""
   if not path or str(metrics.get('commit', '')).endswith('+changes'):
@@ -73,8 +90,11 @@ def add(path: Optional[str], run: str, config: dict, metrics: dict) -> None:
   records = read(path)
   old = records.get(run, {})
   record = {'run': run, 'config': config, 'metrics': metrics}
-  if old.get('config') == config and 'scores' in old:
-    record['scores'] = old['scores']
+  if scores is None and (old.get('config'), old.get('metrics')) == (
+      config, metrics):
+    scores = old.get('scores')
+  if scores is not None:
+    record['scores'] = scores
   if record != old:
     records[run] = record
     _write(path, records)

@@ -57,6 +57,29 @@ def test_a_run_whose_folder_is_gone_is_read_from_the_ledger(tmp_path,
   assert len(trainings) == 3
 
 
+def test_a_run_another_table_trained_is_not_trained_again(tmp_path,
+                                                         trainings):
+  """A run is its config: ntk_init's zeros runs are the E2E table's
+  ntk_attention runs, found in that table's ledger beside its own, and
+  then kept in its own."""
+  results = tmp_path / 'results'
+  table, other = str(results / 'e2e'), str(results / 'e2e' / 'init.md')
+  point = {'optimizer.lr': 0.01}
+  _, first = common.run_seed(SPEC, str(tmp_path / 'lm' / 'e2e'), 'lora',
+                             point, 0, {}, ledger.path_for(table))
+  again = common.run_seed(SPEC, str(tmp_path / 'init' / 'e2e'), 'lora',
+                          {'method.lora.rank': 8, **point}, 0, {},
+                          ledger.path_for(other))[1]
+  assert again == first and len(trainings) == 1
+  assert list(ledger.read(ledger.path_for(other))) == [
+      'e2e/lora/rank=8,lr=0.01,seed=0']
+  # Another config found nowhere: trained.
+  common.run_seed(SPEC, str(tmp_path / 'init' / 'e2e'), 'lora',
+                  {'method.lora.rank': 4, **point}, 0, {},
+                  ledger.path_for(other))
+  assert len(trainings) == 2
+
+
 def test_scores_are_kept_with_the_run_they_score(tmp_path, trainings):
   """A generation table's scores come from decoding a run's checkpoint:
   kept, they need neither the folder nor a decode; a run retrained with
