@@ -9,6 +9,8 @@ exactly as it would its folder: only if the recorded config equals the one
 the table asks for now (workdir.differing_keys, the rule a folder obeys).
 To rerun a run, delete its line (and its folder).
 """
+import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -45,9 +47,23 @@ def read(path: str) -> dict:
   return records
 
 
+@contextlib.contextmanager
+def _locked(path: str):
+  """Read-modify-write of one ledger by one process at a time (two table
+  commands writing one folder's ledger would otherwise lose a line): a
+  lock on the folder, so no lock file is left beside the results."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd = os.open(folder, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
 def _write(path: str, records: dict) -> None:
   # Sorted, one run a line: a sitting's new runs are a readable diff.
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   atomic.write_text(path, ''.join(
       json.dumps(records[k], sort_keys=True) + '\n' for k in sorted(records)))
 
@@ -87,17 +103,18 @@ def add(path: Optional[str], run: str, config: dict, metrics: dict,
   clone trains it again from a commit."""
   if not path or str(metrics.get('commit', '')).endswith('+changes'):
     return
-  records = read(path)
-  old = records.get(run, {})
-  record = {'run': run, 'config': config, 'metrics': metrics}
-  if scores is None and (old.get('config'), old.get('metrics')) == (
-      config, metrics):
-    scores = old.get('scores')
-  if scores is not None:
-    record['scores'] = scores
-  if record != old:
-    records[run] = record
-    _write(path, records)
+  with _locked(path):
+    records = read(path)
+    old = records.get(run, {})
+    record = {'run': run, 'config': config, 'metrics': metrics}
+    if scores is None and (old.get('config'), old.get('metrics')) == (
+        config, metrics):
+      scores = old.get('scores')
+    if scores is not None:
+      record['scores'] = scores
+    if record != old:
+      records[run] = record
+      _write(path, records)
 
 
 def scores(path: Optional[str], run: str, metrics: dict,
@@ -110,7 +127,10 @@ def scores(path: Optional[str], run: str, metrics: dict,
   if 'scores' in kept and kept['metrics'] == metrics:
     return kept['scores']
   value = compute()
-  if run in records and records[run]['metrics'] == metrics:
-    records[run]['scores'] = value
-    _write(path, records)
+  if path:
+    with _locked(path):
+      records = read(path)
+      if run in records and records[run]['metrics'] == metrics:
+        records[run]['scores'] = value
+        _write(path, records)
   return value

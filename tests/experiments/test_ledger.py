@@ -126,3 +126,20 @@ def test_where_a_ledger_lives():
       'experiments/results/e2e_nlg/runs.jsonl'
   assert ledger.path_for('experiments/results/nlu/ntk_init_sst2.md') == \
       'experiments/results/nlu/ntk_init_sst2.runs.jsonl'
+
+
+def _add_runs(path, prefix):
+  for i in range(30):
+    ledger.add(path, f'{prefix}{i}', {'seed': i}, {'commit': 'abc1234'})
+
+
+def test_two_commands_writing_one_ledger_lose_no_run(tmp_path):
+  import multiprocessing
+  path = str(tmp_path / 'runs.jsonl')
+  ctx = multiprocessing.get_context('fork')
+  workers = [ctx.Process(target=_add_runs, args=(path, p)) for p in 'ab']
+  for w in workers:
+    w.start()
+  for w in workers:
+    w.join()
+  assert len(ledger.read(path)) == 60
