@@ -128,8 +128,8 @@ def run_commits(results: dict) -> str:
   found = sorted({c for block in results['tasks'].values()
                   for r in block['records'] for c in r.get('commits', [])})
   dirty = [c for c in found if c.endswith('+changes')]
-  note = (f" Runs at {', '.join(dirty)} were trained from a tree with "
-          'uncommitted changes: no checkout reproduces them exactly.'
+  note = (f" Runs at {', '.join(dirty)} trained in a checkout with "
+          'uncommitted changes: only the commit is on record.'
           if dirty else '')
   return f" Runs trained at: {', '.join(found)}.{note}" if found else ''
 

@@ -36,7 +36,7 @@ def test_runs_from_uncommitted_code_are_marked_in_the_table():
       {'commits': ['abc1234']}, {'commits': ['abc1234', 'def5678+changes']}]}}}
   text = render.run_commits(results)
   assert 'Runs trained at: abc1234, def5678+changes.' in text
-  assert 'def5678+changes were trained from a tree with uncommitted' in text
+  assert 'def5678+changes trained in a checkout with uncommitted' in text
   assert 'uncommitted' not in render.run_commits(
       {'tasks': {'cb': {'records': [{'commits': ['abc1234']}]}}})
 
