@@ -176,9 +176,13 @@ def tiny_encoder(tmp_path_factory):
   return path
 
 
-def test_nlu_table_command(tiny_encoder, tmp_path, command):
+def test_nlu_table_command(tiny_encoder, tmp_path, command, monkeypatch):
   """Search on held-out rows, seeds at the chosen rate, results folder with
   command and commit; a rerun trains nothing; redraw rebuilds the files."""
+  # A ledger keeps no run of uncommitted code: these runs are a commit's,
+  # whatever this checkout holds.
+  from ntk_prefix import provenance
+  monkeypatch.setattr(provenance, 'process_commit', lambda: 'abc1234')
   out, work = tmp_path / 'out', tmp_path / 'runs'
   argv = ['--tasks=cb', '--methods=none,ntk_attention', '--seeds=2',
           f'--out={out}', f'--workdir={work}',
