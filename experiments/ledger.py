@@ -14,6 +14,7 @@ import fcntl
 import glob
 import json
 import os
+import sys
 from typing import Callable, Optional
 
 from ntk_prefix import atomic, workdir as workdir_lib
@@ -101,7 +102,11 @@ def add(path: Optional[str], run: str, config: dict, metrics: dict,
   of the same run are kept). A run trained from a tree with
   uncommitted changes is not kept: no checkout reproduces it, so a fresh
   clone trains it again from a commit."""
-  if not path or str(metrics.get('commit', '')).endswith('+changes'):
+  if not path:
+    return
+  if str(metrics.get('commit', '')).endswith('+changes'):
+    print(f'{run}: trained from uncommitted code ({metrics["commit"]}), so '
+          f'not kept in {path}; its folder still holds it.', file=sys.stderr)
     return
   with _locked(path):
     records = read(path)
