@@ -20,6 +20,7 @@ import numpy as np
 from absl import flags as absl_flags
 
 from experiments import common, flags, init_loss, lm, nlu
+from experiments import render as render_lib
 from experiments import ledger as ledger_lib
 from ntk_prefix import atomic, config as config_lib, provenance
 
@@ -42,7 +43,7 @@ def measure(task: str, lrs: list, base: dict, workdir: str,
   table = init_loss.table_for(task)
   spec = f'{table.CONFIG}:{task}'
   config = common.configured(spec, base)
-  rows = {}
+  rows, commits = {}, set()
   start = initial_losses(config, INITS)
   root = common.run_root(workdir, task, base)
   for label, (method, options) in INITS.items():
@@ -51,6 +52,7 @@ def measure(task: str, lrs: list, base: dict, workdir: str,
     def evaluate(point, method=method, options=options, trained=trained):
       _, metrics = common.run_seed(spec, root, method, {**options, **point},
                                    0, base, ledger)
+      commits.add(metrics.get('commit', ''))
       lr = point[common.SEARCH_KEY]
       trained[lr] = {k: metrics[k] for k in metrics
                      if k.startswith(('eval_', 'test_'))}
@@ -61,16 +63,18 @@ def measure(task: str, lrs: list, base: dict, workdir: str,
         [{common.SEARCH_KEY: lr} for lr in lrs], evaluate,
         higher_is_better=False)
     best = points[values.index(min(values))][common.SEARCH_KEY]
-    at_best = [min(values)] + [  # seed 0's is the search's
-        common.run_seed(spec, root, method,
-                        {**options, common.SEARCH_KEY: best}, seed,
-                        base, ledger)[1]['eval_loss']
-        for seed in range(1, seeds)]
+    at_best = [min(values)]  # seed 0's is the search's
+    for seed in range(1, seeds):
+      metrics = common.run_seed(spec, root, method,
+                                {**options, common.SEARCH_KEY: best}, seed,
+                                base, ledger)[1]
+      at_best.append(metrics['eval_loss'])
+      commits.add(metrics.get('commit', ''))
     rows[label] = {'init_loss': start[label], 'trained': trained,
                    'best_lr': best, 'edge': edge, 'seeds': at_best}
   return {'task': task, 'rows': rows, 'frozen': start['frozen'],
           'eval_split': config.task.eval_split, 'steps': config.total_steps,
-          'batch': config.batch_size}
+          'batch': config.batch_size, 'commits': sorted(commits - {''})}
 
 
 def initial_losses(config, inits: dict) -> dict:
@@ -104,7 +108,8 @@ def render(result: dict, stamp: dict) -> str:
                '; test_accuracy is the dev set, scored once.' if
                'test_accuracy' in metrics else '.'), '',
            f"Command: `{stamp['command']}`; commit {stamp['commit']}; "
-           f"{stamp['date']}.", '']
+           f"{stamp['date']}." + render_lib.run_commits(
+               {'tasks': {'': {'records': [result]}}}), '']
   head = ['init', 'loss at step 0', 'minus frozen', 'best',
           'at best lr, seeds'] + [
       f'{m} (lr={lr:g})' for lr in lrs for m in metrics]

@@ -131,7 +131,8 @@ def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
         else 'normal 0.01' if 'method.ntk_attention.init' in point else method
     lr = point['optimizer.lr']
     loss = 1.0 + abs(np.log10(lr / best_lr.get(label, 3e-3)))
-    return 'w', {'eval_loss': loss, 'eval_accuracy': 0.5}
+    return 'w', {'eval_loss': loss, 'eval_accuracy': 0.5,
+                 'commit': 'abc1234' if seed else 'def5678'}
 
   monkeypatch.setattr(common, 'run_seed', fake_run)
   monkeypatch.setattr(common, 'configured', lambda spec, base: _FakeConfig)
@@ -155,6 +156,7 @@ def test_ntk_init_compares_each_init_at_its_own_best_rate(monkeypatch):
   # not run for zeros: 1e-3 (the official inits' extension) and 0.1 .. 3
   assert zeros_line.count('—') == 5
   assert '1.000 (lr=1)' in text
+  assert 'Runs trained at: abc1234, def5678.' in text
   assert '1.000 ± 0.000 (1.000 / 1.000 / 1.000)' in zeros_line
 
 
