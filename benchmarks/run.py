@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks import compile_time, harness, report
+from benchmarks import attention_cost, compile_time, harness, report
 from benchmarks.mixed import sweep_mixed
 from benchmarks.peer import sweep_peer
 from ntk_prefix import methods, provenance
@@ -130,8 +130,11 @@ def sweep_prefix_length(model: str, lengths: list, batch: int, length: int,
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--sweeps', default='methods,prefix_length,peer,mixed',
+  p.add_argument('--sweeps',
+                 default='methods,prefix_length,peer,mixed,attention',
                  help='comma-separated: methods, prefix_length, peer, mixed, '
+                 'attention (XLA bytes and FLOPs of one attention layer per '
+                 'method: benchmarks/attention_cost.py, attention_cost.md), '
                  'and compile (compile time against depth, unrolled against '
                  'scanned layers: benchmarks/compile_time.py, written to '
                  'compile_time.md beside the other results)')
@@ -167,6 +170,9 @@ def main(argv=None):
     if name == 'compile':  # its own table; no rows in latest.json
       compile_time.main([f'--out={args.out}'])
       continue
+    if name == 'attention':  # likewise; from shapes, seconds
+      attention_cost.main([f'--seq_len={args.seq_len}', f'--out={args.out}'])
+      continue
     rows = [r for r in rows if r['sweep'] != name]
     if name == 'methods':
       rows += sweep_methods(args.encoder, 32, args.seq_len, args.repeats, rate)
@@ -181,7 +187,7 @@ def main(argv=None):
       rows += sweep_mixed(args.encoder, 4, 8, args.seq_len, args.repeats)
     else:
       raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
-                       'prefix_length, peer, mixed, compile.')
+                       'prefix_length, peer, mixed, attention, compile.')
     stamp = dict(command=command, commit=provenance.git_commit(('benchmarks/results',)),
                  date=datetime.date.today().isoformat())
     rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]

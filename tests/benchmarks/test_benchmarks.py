@@ -90,3 +90,22 @@ def test_instruction_peer_batch_holds_the_same_answers_on_both_sides():
     real = ours['input_ids'][i][ours['attention_mask'][i] > 0]
     np.testing.assert_array_equal(
         theirs['input_ids'][i][theirs['attention_mask'][i] > 0], real)
+
+
+def test_attention_cost_accounts_for_each_case(tmp_path):
+  """XLA's bytes and FLOPs of one attention layer per case: an extra term
+  or a longer prefix costs more than the keys alone, and the files hold the
+  printed table."""
+  from benchmarks import attention_cost
+  tables = attention_cost.main(['--batch=2', '--seq_len=16',
+                                '--prefix_lengths=4,64', f'--out={tmp_path}'])
+  for rows in tables.values():
+    frozen, ntk, short, long = rows
+    assert frozen['grad_bytes_ratio'] == 1.0
+    assert ntk['grad_flops'] > frozen['grad_flops']
+    assert long['grad_bytes'] > short['grad_bytes'] > frozen['grad_bytes']
+    assert all(r['grad_bytes'] > r['forward_bytes'] for r in rows)
+  text = (tmp_path / 'attention_cost.md').read_text()
+  assert '| ntk_attention |' in text and '### smollm2' in text
+  saved = json.loads((tmp_path / 'attention_cost.json').read_text())
+  assert saved['tables']['minilm'][3]['case'] == 'explicit prefix m=64'
