@@ -30,18 +30,6 @@ def configured(spec: str, overrides: dict):
   return config
 
 
-def config_overrides(extra: list) -> dict:
-  """{'a.b': 'v'} from ['--config.a.b=v', ...] (the table's own sizes are
-  overridden this way, e.g. --config.total_steps=1000)."""
-  out = {}
-  for a in extra:
-    if not a.startswith('--config.') or '=' not in a:
-      raise SystemExit(f'unknown argument {a!r}; expected --config.KEY=VALUE')
-    key, _, value = a[len('--config.'):].partition('=')
-    out[key] = value
-  return out
-
-
 def run_root(workdir: str, name: str, base: dict) -> str:
   """Runs of different --config overrides never share a folder."""
   if base:  # '1000' from a recorded command and 1000 from a flag: one folder
@@ -67,8 +55,7 @@ def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
   """(workdir, final metrics) of one run of a table, `method` ('NAME' or
   'NAME:PRESET') at `point` and `seed`. A finished run is read, not rerun:
   from its folder, else from the `ledger` (experiments.ledger)."""
-  workdir = os.path.join(root, method.replace(':', '-'),
-                         point_name(point) + f',seed={seed}')
+  workdir = run_dir(root, method, point, seed)
   overrides = {**base, **method_overrides(method), **point, 'seed': seed}
   config = configured(spec, overrides)
   run = run_key(root, workdir)
@@ -80,6 +67,11 @@ def run_seed(spec: str, root: str, method: str, point: dict, seed: int,
   metrics = run_point(config, workdir)
   ledger_lib.add(ledger, run, workdir_lib.recorded_config(workdir), metrics)
   return workdir, metrics
+
+
+def run_dir(root: str, method: str, point: dict, seed: int) -> str:
+  return os.path.join(root, method.replace(':', '-'),
+                      point_name(point) + f',seed={seed}')
 
 
 def run_key(root: str, workdir: str) -> str:

@@ -69,27 +69,30 @@ def _write(path: str, records: dict) -> None:
       json.dumps(records[k], sort_keys=True) + '\n' for k in sorted(records)))
 
 
-def find(path: Optional[str], run: str, config) -> Optional[dict]:
+def find(path: Optional[str], run: str, config,
+         kind: str = 'run') -> Optional[dict]:
   """The record of a run trained with `config`: this ledger's own record of
   `run`, else a record of the same config in any table's ledger beside it
   (ntk_init's `zeros` runs are the E2E table's ntk_attention runs). None if
-  there is none, or no ledger."""
+  there is none, or no ledger. `kind` tells a trained run ('run') from
+  what a table derived from one (e.g. 'compressed'), which shares its
+  config."""
   if not path:
     return None
   own = read(path).get(run)
-  if own is not None and _trained_with(own, config):
+  if own is not None and _matches(own, config, kind):
     return own
   results = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   for other in sorted(glob.glob(os.path.join(results, '*', '*' + FILE))):
     for record in read(other).values():
-      if _trained_with(record, config):
+      if _matches(record, config, kind):
         return record
   return None
 
 
-def _trained_with(record: dict, config) -> bool:
+def _matches(record: dict, config, kind: str) -> bool:
   rec = record['config']
-  if (rec.get('seed'), rec.get('optimizer', {}).get('lr'),
+  if record.get('kind', 'run') != kind or (rec.get('seed'), rec.get('optimizer', {}).get('lr'),
       rec.get('method', {}).get('name')) != (
           config.seed, config.optimizer.lr, config.method.name):
     return False  # most records: told apart without the full comparison
@@ -97,7 +100,7 @@ def _trained_with(record: dict, config) -> bool:
 
 
 def add(path: Optional[str], run: str, config: dict, metrics: dict,
-        scores: Optional[dict] = None) -> None:
+        scores: Optional[dict] = None, kind: str = 'run') -> None:
   """Records a finished run (replacing another record of `run`; the scores
   of the same run are kept). A run trained from a tree with
   uncommitted changes is not kept: no checkout reproduces it, so a fresh
@@ -111,7 +114,8 @@ def add(path: Optional[str], run: str, config: dict, metrics: dict,
   with _locked(path):
     records = read(path)
     old = records.get(run, {})
-    record = {'run': run, 'config': config, 'metrics': metrics}
+    record = {'run': run, 'config': config, 'metrics': metrics,
+              **({} if kind == 'run' else {'kind': kind})}
     if scores is None and (old.get('config'), old.get('metrics')) == (
         config, metrics):
       scores = old.get('scores')

@@ -23,6 +23,7 @@ runs of that table, read rather than rerun, and the two tables agree.
 import json
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 from absl import flags as absl_flags
@@ -32,6 +33,7 @@ from experiments import ledger as ledger_lib
 from experiments import prefix_length_report
 from experiments.prefix_length_report import PREFIX_METHODS, REFERENCES
 from ntk_prefix import atomic, config as config_lib, methods, provenance
+from ntk_prefix import workdir as workdir_lib
 
 LENGTHS = absl_flags.DEFINE_list(
     'lengths', ['1', '4', '16', '64', '256', '1024'],
@@ -110,35 +112,44 @@ def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
 
 
 def compressed(task: Task, method: str, record: dict, root: str, steps: int,
-               log) -> dict:
+               log, ledger: Optional[str] = None) -> dict:
   """The runs of `record` (every seed of `method`) compressed into the
-  state of compress.TARGET, scored as the table scores runs."""
+  state of compress.TARGET, scored as the table scores runs; each result is
+  kept in the ledger, so a fresh clone neither compresses nor retrains."""
   from ntk_prefix import compress
   base = {**task.base, **prefix_overrides(method, record['prefix_length'])}
   runs = []
   for run in record['runs']:
-    # No ledger: compressing reads the run's checkpoint, so a run whose
-    # folder is gone trains again.
-    workdir, _ = common.run_seed(task.spec, root, method,
-                                 record['chosen'], run['seed'], base)
-    out = workdir + '-compressed'
     config = common.configured(task.spec, {
-        **base, **record['chosen'], 'method.name': method,
+        **base, **common.method_overrides(method), **record['chosen'],
         'seed': run['seed']})
-    report_path = os.path.join(out, 'compress.json')
-    if os.path.exists(report_path):
-      with open(report_path) as f:
-        report = json.load(f)
-    else:
-      report = compress.compress(config, os.path.join(workdir, 'final'), out,
-                                 steps=steps, log=log)
-    scores = (task.score(out, {}) if task.lm else
-              {'test_accuracy': report['after']['test_accuracy']})
+    key = common.run_key(root, common.run_dir(
+        root, method, record['chosen'], run['seed'])) + '-compressed'
+    kept = ledger_lib.find(ledger, key, config, kind='compressed')
+    if kept and kept['metrics']['steps'] == steps:
+      summary, scores = kept['metrics'], kept['scores']
+    else:  # compressing reads the run's checkpoint: no ledger for the run
+      workdir, _ = common.run_seed(task.spec, root, method,
+                                   record['chosen'], run['seed'], base)
+      out = workdir + '-compressed'
+      report_path = os.path.join(out, 'compress.json')
+      if os.path.exists(report_path):
+        with open(report_path) as f:
+          report = json.load(f)
+      else:
+        report = compress.compress(config, os.path.join(workdir, 'final'),
+                                   out, steps=steps, log=log)
+      scores = (task.score(out, {}) if task.lm else
+                {'test_accuracy': report['after']['test_accuracy']})
+      summary = {'steps': steps, 'commit': provenance.process_commit(),
+                 **{f'{k}_error': float(np.mean([l[k] for l in
+                                                 report['layers']]))
+                    for k in ('fitted', 'closed_form')}}
+      ledger_lib.add(ledger, key, workdir_lib.recorded_config(workdir),
+                     summary, scores, kind='compressed')
     runs.append({'seed': run['seed'], 'scores': scores,
-                 'fitted_error': float(np.mean(
-                     [l['fitted'] for l in report['layers']])),
-                 'closed_form_error': float(np.mean(
-                     [l['closed_form'] for l in report['layers']]))})
+                 'fitted_error': summary['fitted_error'],
+                 'closed_form_error': summary['closed_form_error']})
     log(f'  compressed seed {run["seed"]}: {scores}')
   return {'method': f'{method} compressed', 'source': method,
           'into': compress.TARGET, 'prefix_length': record['prefix_length'],
@@ -192,7 +203,8 @@ def main(argv):
   for method, (record, root) in largest.items():
     log(f'== {method} at the largest m, compressed')
     results['compressed'].append(compressed(
-        task, method, record, root, COMPRESS_STEPS.value, log))
+        task, method, record, root, COMPRESS_STEPS.value, log,
+        ledger_lib.path_for(out)))
   print(write(out, results, args.command))
 
 

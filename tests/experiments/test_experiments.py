@@ -240,7 +240,8 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command, monkeypatch):
   from ntk_prefix import sweep
   one = next(work.rglob('config.json')).parent
   changed = common.configured(f'{nlu.CONFIG}:cb', {
-      **common.config_overrides(argv[6:]), 'total_steps': 4})
+      **dict(a[len('--config.'):].split('=', 1) for a in argv[6:]),
+      'total_steps': 4})
   with pytest.raises(ValueError, match='another config'):
     sweep.run_point(changed, str(one))
   (out / 'table.md').unlink()
@@ -435,18 +436,23 @@ def test_redraw_reproduces_every_committed_table(tmp_path):
       assert redraw.redraw(str(tmp_path)) == f.read(), name
 
 
-def test_prefix_length_command(tiny_encoder, tmp_path, command):
+def test_prefix_length_command(tiny_encoder, tmp_path, command,
+                               monkeypatch):
   """Every prefix length for both prefix methods, the reference rows, the
-  cost columns, the compressed point, and the figure."""
+  cost columns, the compressed point, and the figure; on a fresh clone the
+  ledger gives it all back, compressed points included."""
   from experiments import prefix_length
+  from ntk_prefix import provenance  # a ledger keeps runs of a commit only
+  monkeypatch.setattr(provenance, 'process_commit', lambda: 'abc1234')
   out, work = tmp_path / 'out', tmp_path / 'runs'
-  command(prefix_length, [
+  argv = [
       '--task=cb', '--lengths=1,4', '--seeds=2', '--max_extra=0',
       '--compress_steps=20', f'--out={out}', f'--workdir={work}',
       '--config=configs/nlu.py', f'--config.model.path={tiny_encoder}',
       f'--config.task.prepared_dir={tmp_path / "tfds"}',
       '--config.total_steps=2', '--config.batch_size=8',
-      '--config.eval_batch_size=32', '--config.task.max_length=32'])
+      '--config.eval_batch_size=32', '--config.task.max_length=32']
+  command(prefix_length, argv)
   results = json.loads((out / 'results.json').read_text())
   rows = [(r['method'], r['prefix_length']) for r in results['records']]
   assert set(prefix_length.PREFIX_METHODS) == {'p_tuning_v2',
@@ -475,6 +481,14 @@ def test_prefix_length_command(tiny_encoder, tmp_path, command):
   table = (out / 'table.md').read_text()
   assert '| ntk_attention | ∞ |' in table and 'compressed' in table
   assert (out / 'prefix_length.png').stat().st_size > 10000
+  work.rename(tmp_path / 'elsewhere')  # the run folders are gone
+  command(prefix_length, argv)
+  assert not list(work.rglob('final_metrics.json'))
+  assert not list(work.rglob('compress.json'))
+  again = json.loads((out / 'results.json').read_text())
+  assert again['compressed'] == results['compressed']
+  assert [r['runs'] for r in again['records']] == [
+      r['runs'] for r in results['records']]
 
 
 def test_prefix_length_command_on_a_decoder(hf_checkpoint, tmp_path, command,
