@@ -25,8 +25,14 @@ from ntk_prefix.models.transformer import Transformer
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int,
                dtype=jnp.float32) -> dict:
-  shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
-  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype),
+  """One k and one v array per layer: a step writes its token into each in
+  place (the cache is donated), where a stacked [layers, ...] array was
+  sliced, updated and restacked, copying the whole cache three times a
+  token."""
+  shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+  per_layer = lambda: tuple(jnp.zeros(shape, dtype)
+                            for _ in range(cfg.num_layers))
+  return {'k': per_layer(), 'v': per_layer(),
           'mask': jnp.zeros((batch, slots), jnp.int32),
           'index': jnp.zeros((), jnp.int32),
           'count': jnp.zeros((batch,), jnp.int32)}
@@ -51,8 +57,11 @@ class Decoder:
       return module.apply(params, method_params, inputs, cache, hooks,
                           method=decoding.decode)
 
-    self._prefill = jax.jit(functools.partial(run, hooks=None))
-    self._step = jax.jit(run)
+    # The cache argument is donated: callers pass each step the cache the
+    # last one returned, never an older one.
+    self._prefill = jax.jit(functools.partial(run, hooks=None),
+                            donate_argnums=(3,))
+    self._step = jax.jit(run, donate_argnums=(3,))
     # Cache slots the method's input prompt takes (prompt tuning, LoPA).
     hidden = cfg.hidden_size
     prompt = jax.eval_shape(lambda: method.input_hook(
@@ -171,7 +180,8 @@ def beam_search(decoder: Decoder, input_ids, attention_mask,
     if i + 1 == max_new_tokens or bool(jnp.all(done)):
       break
     rows = (jnp.arange(b)[:, None] * beams + parent).reshape(-1)
-    cache = dict(cache, k=cache['k'][:, rows], v=cache['v'][:, rows])
+    cache = dict(cache, k=tuple(k[rows] for k in cache['k']),
+                 v=tuple(v[rows] for v in cache['v']))
     logits, cache, hooks = decoder.step(token.reshape(-1), cache, hooks)
     logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), -1)
   final = scores / jnp.maximum(lengths, 1) ** length_penalty

@@ -16,7 +16,8 @@ def decode(self: Transformer, method_params: Any, inputs: dict, cache: dict,
   inputs: 'input_ids', 'attention_mask' [b, t] of the new tokens (the
     left-padded prompt at prefill, then one token per call), optional
     'prompt_mask' at prefill.
-  cache: 'k', 'v' [layers, b, slots, kv_heads, head_dim], 'mask' [b, slots],
+  cache: 'k', 'v': one [b, slots, kv_heads, head_dim] array per layer,
+    'mask' [b, slots],
     'index' (the next free slot), 'count' [b] (tokens so far, soft prompt
     included: the next position).
   hooks: None at prefill, where each layer's LayerHook is computed from the
@@ -65,7 +66,7 @@ def decode(self: Transformer, method_params: Any, inputs: dict, cache: dict,
     x = self.final_norm(x)
   x = x[:, n:]
   logits = self.tokens.attend(x) if cfg.tie_embeddings else self.lm_head(x)
-  cache = {'k': jnp.stack(new_k), 'v': jnp.stack(new_v), 'mask': slot_mask,
+  cache = {'k': tuple(new_k), 'v': tuple(new_v), 'mask': slot_mask,
            'index': index + mask.shape[1],
            'count': cache['count'] + jnp.sum(mask, 1).astype(jnp.int32)}
   return logits, cache, new_hooks
