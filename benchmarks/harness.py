@@ -118,7 +118,7 @@ def _memory(compiled) -> Optional[int]:
     return None
 
 
-def _cost(compiled, key: str) -> Optional[float]:
+def xla_cost(compiled, key: str) -> Optional[float]:
   """XLA's cost analysis of the compiled step: 'flops' or 'bytes accessed'
   (its memory traffic, which bounds a step on a CPU whose extra FLOPs are
   few; deterministic, unlike a time)."""
@@ -174,8 +174,8 @@ class Step:
         params, opt_state, frozen_params, batch).compile()
     self.compile_seconds = time.perf_counter() - t0
     self.forward = jax.jit(loss).lower(params, frozen_params, batch).compile()
-    self.flops = _cost(self.train, 'flops')
-    self.bytes_accessed = _cost(self.train, 'bytes accessed')
+    self.flops = xla_cost(self.train, 'flops')
+    self.bytes_accessed = xla_cost(self.train, 'bytes accessed')
     self.memory_bytes = _memory(self.train)
     self.forward_memory_bytes = _memory(self.forward)
     self.state = (params, opt_state)

@@ -21,7 +21,8 @@ import time
 import jax
 import numpy as np
 
-from benchmarks import attention_cost, compile_time, harness, report
+from benchmarks import attention_cost, compile_time, decode_speed, harness
+from benchmarks import report
 from benchmarks.mixed import sweep_mixed
 from benchmarks.peer import sweep_peer
 from ntk_prefix import methods, provenance
@@ -135,9 +136,10 @@ def main(argv=None):
                  help='comma-separated: methods, prefix_length, peer, mixed, '
                  'attention (XLA bytes and FLOPs of one attention layer per '
                  'method: benchmarks/attention_cost.py, attention_cost.md), '
-                 'and compile (compile time against depth, unrolled against '
-                 'scanned layers: benchmarks/compile_time.py, written to '
-                 'compile_time.md beside the other results)')
+                 'and, not by default, compile (compile time against depth, '
+                 'unrolled against scanned layers: benchmarks/compile_time.py'
+                 ', compile_time.md) and decode (greedy decoding speed per '
+                 'method: benchmarks/decode_speed.py, decode_speed.md)')
   p.add_argument('--encoder', default='minilm')
   p.add_argument('--decoder', default='smollm2')
   p.add_argument('--repeats', type=int, default=3)
@@ -173,6 +175,9 @@ def main(argv=None):
     if name == 'attention':  # likewise; from shapes, seconds
       attention_cost.main([f'--seq_len={args.seq_len}', f'--out={args.out}'])
       continue
+    if name == 'decode':
+      decode_speed.main([f'--model={args.decoder}', f'--out={args.out}'])
+      continue
     rows = [r for r in rows if r['sweep'] != name]
     if name == 'methods':
       rows += sweep_methods(args.encoder, 32, args.seq_len, args.repeats, rate)
@@ -187,7 +192,8 @@ def main(argv=None):
       rows += sweep_mixed(args.encoder, 4, 8, args.seq_len, args.repeats)
     else:
       raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
-                       'prefix_length, peer, mixed, attention, compile.')
+                       'prefix_length, peer, mixed, attention, compile, '
+                       'decode.')
     stamp = dict(command=command, commit=provenance.git_commit(('benchmarks/results',)),
                  date=datetime.date.today().isoformat())
     rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]

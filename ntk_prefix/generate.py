@@ -88,9 +88,17 @@ class Decoder:
     return self._prefill(self._params, self.method_params, inputs, cache)
 
   def step(self, tokens, cache, hooks) -> tuple:
+    return self._step(*self._step_args(tokens, cache, hooks))
+
+  def lower_step(self, tokens, cache, hooks):
+    """The one-token step lowered for these shapes (benchmarks read XLA's
+    cost analysis of it)."""
+    return self._step.lower(*self._step_args(tokens, cache, hooks))
+
+  def _step_args(self, tokens, cache, hooks) -> tuple:
     tokens = jnp.asarray(tokens, jnp.int32)[:, None]
     inputs = {'input_ids': tokens, 'attention_mask': jnp.ones_like(tokens)}
-    return self._step(self._params, self.method_params, inputs, cache, hooks)
+    return self._params, self.method_params, inputs, cache, hooks
 
 
 def _choose(logits, rng, temperature: float, top_p: float):

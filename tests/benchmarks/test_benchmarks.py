@@ -109,3 +109,18 @@ def test_attention_cost_accounts_for_each_case(tmp_path):
   assert '| ntk_attention |' in text and '### smollm2' in text
   saved = json.loads((tmp_path / 'attention_cost.json').read_text())
   assert saved['tables']['minilm'][3]['case'] == 'explicit prefix m=64'
+
+
+def test_decode_speed_reports_every_method(hf_checkpoint, tmp_path):
+  from benchmarks import decode_speed
+  decoder, _ = hf_checkpoint('llama')
+  rows = decode_speed.main([f'--model={decoder}', '--batch=2',
+                            '--prompt_len=5', '--new_tokens=3',
+                            '--repeats=1', f'--out={tmp_path}'])
+  assert [r['method'] for r in rows] == list(decode_speed.METHODS)
+  for r in rows:
+    assert r['step_seconds'] > 0 and r['prefill_seconds'] > 0
+    assert r['tokens_per_s'] == pytest.approx(2 / r['step_seconds'])
+    assert r['step_bytes_xla'] > 0
+  text = (tmp_path / 'decode_speed.md').read_text()
+  assert '| ntk_attention |' in text and 'tokens/s' in text
