@@ -14,14 +14,13 @@ of its bytes); this shows which part of the attention layer they come
 from. Prints the table and writes attention_cost.json / .md to --out.
 """
 import argparse
-import datetime
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 
-from ntk_prefix import atomic, provenance
+from benchmarks import harness
+from ntk_prefix import atomic
 from ntk_prefix.models import attention
 from ntk_prefix.models.hooks import NtkState
 
@@ -114,13 +113,8 @@ def main(argv=None):
       raise SystemExit(f'--models: {model!r} is not one of {list(SHAPES)}')
     tables[model] = layer_costs(SHAPES[model], args.batch, args.seq_len,
                                 lengths)
-  command = 'python -m benchmarks.attention_cost ' + ' '.join(
-      sys.argv[1:] if argv is None else argv)
-  meta = dict(command=command.strip(),
-              commit=provenance.git_commit((args.out,)),
-              date=datetime.date.today().isoformat(),
-              device=provenance.device(), jax=jax.__version__,
-              batch=args.batch, seq_len=args.seq_len)
+  meta = harness.stamp('benchmarks.attention_cost', argv, args.out,
+                       batch=args.batch, seq_len=args.seq_len)
   text = markdown(tables, meta)
   print(text)
   os.makedirs(args.out, exist_ok=True)

@@ -10,9 +10,7 @@ depth and writes compile_time.json / .md to --out.
 """
 import argparse
 import dataclasses
-import datetime
 import os
-import sys
 import time
 
 import jax
@@ -78,12 +76,10 @@ def main(argv=None):
           f'{row["unrolled_compile_s"]:6.2f} s, scanned '
           f'{row["scan_lower_s"]:6.2f} + {row["scan_compile_s"]:6.2f} s '
           '(lower + compile)', flush=True)
-  command = 'python -m benchmarks.compile_time ' + ' '.join(
-      sys.argv[1:] if argv is None else argv)
-  meta = dict(command=command, commit=provenance.git_commit((args.out,)),
-              date=datetime.date.today().isoformat(),
-              device=provenance.device(), jax=jax.__version__,
-              method=args.method, batch=args.batch, seq_len=args.seq_len)
+  meta = harness.stamp('benchmarks.compile_time', argv, args.out,
+                       method=args.method, batch=args.batch,
+                       seq_len=args.seq_len)
+  command = meta['command']
   os.makedirs(args.out, exist_ok=True)
   atomic.write_json(os.path.join(args.out, 'compile_time.json'),
                     {'meta': meta, 'rows': rows})

@@ -12,9 +12,7 @@ generate runs it). Prints the table and writes decode_speed.json / .md to
 --out.
 """
 import argparse
-import datetime
 import os
-import sys
 import time
 
 import jax
@@ -22,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
-from ntk_prefix import atomic, generate, methods, provenance
+from ntk_prefix import atomic, generate, methods
 
 METHODS = ('none', 'ntk_attention', 'p_tuning_v2', 'lora')
 
@@ -76,12 +74,7 @@ def main(argv=None):
     print(f"  {name:14s} prefill {r['prefill_seconds']:.2f} s, "
           f"{r['step_seconds']:.3f} s/token, {r['tokens_per_s']:.0f} tok/s",
           flush=True)
-  command = 'python -m benchmarks.decode_speed ' + ' '.join(
-      sys.argv[1:] if argv is None else argv)
-  meta = dict(command=command.strip(),
-              commit=provenance.git_commit((args.out,)),
-              date=datetime.date.today().isoformat(),
-              device=provenance.device(), jax=jax.__version__,
+  meta = harness.stamp('benchmarks.decode_speed', argv, args.out,
               model=os.path.basename(args.model.rstrip('/')),
               batch=args.batch, prompt_len=args.prompt_len,
               new_tokens=args.new_tokens, repeats=args.repeats)

@@ -4,8 +4,10 @@ A training step is what `train.py` runs: forward, backward over the method
 pytree only, Adam update. Every figure is taken after compilation and
 warm-up; times are medians of `repeats` runs.
 """
+import datetime
 import resource
 import statistics
+import sys
 import time
 from typing import Callable, Optional
 
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ntk_prefix import checkpoints, lm_loss, methods, models
+from ntk_prefix import checkpoints, lm_loss, methods, models, provenance
 from ntk_prefix.checkpoints.paths import resolve
 from ntk_prefix.models.hooks import Adapter
 
@@ -128,6 +130,16 @@ def xla_cost(compiled, key: str) -> Optional[float]:
     return float(cost[key])
   except Exception:  # not every backend reports it
     return None
+
+
+def stamp(module: str, argv: Optional[list], out: str, **extra) -> dict:
+  """What a benchmark's own results file records: the command that reruns
+  it, the commit (its results folder not counting), date, device, jax."""
+  args = sys.argv[1:] if argv is None else argv
+  return dict(command=' '.join([f'python -m {module}', *args]),
+              commit=provenance.git_commit((out,)),
+              date=datetime.date.today().isoformat(),
+              device=provenance.device(), jax=jax.__version__, **extra)
 
 
 def device_peak_bytes() -> Optional[int]:

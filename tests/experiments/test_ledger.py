@@ -128,18 +128,22 @@ def test_where_a_ledger_lives():
       'experiments/results/nlu/ntk_init_sst2.runs.jsonl'
 
 
-def _add_runs(path, prefix):
-  for i in range(30):
-    ledger.add(path, f'{prefix}{i}', {'seed': i}, {'commit': 'abc1234'})
+_ADD_RUNS = """
+import sys
+from experiments import ledger
+for i in range(30):
+  ledger.add(sys.argv[1], sys.argv[2] + str(i), {'seed': i},
+             {'commit': 'abc1234'})
+"""
 
 
 def test_two_commands_writing_one_ledger_lose_no_run(tmp_path):
-  import multiprocessing
+  import subprocess
+  import sys
+  from conftest import REPO
   path = str(tmp_path / 'runs.jsonl')
-  ctx = multiprocessing.get_context('fork')
-  workers = [ctx.Process(target=_add_runs, args=(path, p)) for p in 'ab']
-  for w in workers:
-    w.start()
-  for w in workers:
-    w.join()
+  # Two fresh processes (forking this one, JAX threads and all, can hang).
+  workers = [subprocess.Popen([sys.executable, '-c', _ADD_RUNS, path, p],
+                              cwd=REPO) for p in 'ab']
+  assert [w.wait(timeout=120) for w in workers] == [0, 0]
   assert len(ledger.read(path)) == 60
