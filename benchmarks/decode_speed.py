@@ -22,7 +22,7 @@ import numpy as np
 from benchmarks import harness
 from ntk_prefix import atomic, generate, methods
 
-METHODS = ('none', 'ntk_attention', 'p_tuning_v2', 'lora')
+METHODS = methods.UNADAPTED + methods.ADAPTING  # every registered method
 
 
 def measure(cfg, frozen, method_name: str, batch: int, prompt_len: int,

@@ -25,10 +25,8 @@ from ntk_prefix.models.transformer import Transformer
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int,
                dtype=jnp.float32) -> dict:
-  """One k and one v array per layer: a step writes its token into each in
-  place (the cache is donated), where a stacked [layers, ...] array was
-  sliced, updated and restacked, copying the whole cache three times a
-  token."""
+  """One k and one v array per layer, so a (donated) step writes its token
+  in place: a stacked cache was sliced and restacked every token."""
   shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
   per_layer = lambda: tuple(jnp.zeros(shape, dtype)
                             for _ in range(cfg.num_layers))
@@ -57,8 +55,7 @@ class Decoder:
       return module.apply(params, method_params, inputs, cache, hooks,
                           method=decoding.decode)
 
-    # The cache argument is donated: callers pass each step the cache the
-    # last one returned, never an older one.
+    # The cache is donated: each call gets the cache the last one returned.
     self._prefill = jax.jit(functools.partial(run, hooks=None),
                             donate_argnums=(3,))
     self._step = jax.jit(run, donate_argnums=(3,))
@@ -91,8 +88,7 @@ class Decoder:
     return self._step(*self._step_args(tokens, cache, hooks))
 
   def lower_step(self, tokens, cache, hooks):
-    """The one-token step lowered for these shapes (benchmarks read XLA's
-    cost analysis of it)."""
+    """The one-token step lowered for these shapes (for cost analysis)."""
     return self._step.lower(*self._step_args(tokens, cache, hooks))
 
   def _step_args(self, tokens, cache, hooks) -> tuple:
