@@ -15,6 +15,18 @@ from ntk_prefix.trees import unflatten
 # Prefixes HF task models put in front of the base model's names.
 _BASE_PREFIXES = ('bert.', 'roberta.', 'transformer.', 'vit.')
 
+# BERT's and ViT's feed-forward blocks share their names.
+_ENCODER_MLP = [
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.weight',
+     'layer_{0}/mlp/up/kernel', 'linear'),
+    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.bias',
+     'layer_{0}/mlp/up/bias', None),
+    (r'encoder\.layer\.(\d+)\.output\.dense\.weight',
+     'layer_{0}/mlp/down/kernel', 'linear'),
+    (r'encoder\.layer\.(\d+)\.output\.dense\.bias', 'layer_{0}/mlp/down/bias',
+     None),
+]
+
 _ENCODER = [
     (r'embeddings\.word_embeddings\.weight', 'tokens/embedding', None),
     (r'embeddings\.position_embeddings\.weight', 'positions/embedding', None),
@@ -33,14 +45,7 @@ _ENCODER = [
      'layer_{0}/attn_norm/scale', None),
     (r'encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.(bias|beta)',
      'layer_{0}/attn_norm/bias', None),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.weight',
-     'layer_{0}/mlp/up/kernel', 'linear'),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.bias',
-     'layer_{0}/mlp/up/bias', None),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.weight',
-     'layer_{0}/mlp/down/kernel', 'linear'),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.bias', 'layer_{0}/mlp/down/bias',
-     None),
+] + _ENCODER_MLP + [
     (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.(weight|gamma)',
      'layer_{0}/mlp_norm/scale', None),
     (r'encoder\.layer\.(\d+)\.output\.LayerNorm\.(bias|beta)',
@@ -114,14 +119,7 @@ _VIT = [
      'layer_{0}/mlp_norm/scale', None),
     (r'encoder\.layer\.(\d+)\.layernorm_after\.bias', 'layer_{0}/mlp_norm/bias',
      None),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.weight',
-     'layer_{0}/mlp/up/kernel', 'linear'),
-    (r'encoder\.layer\.(\d+)\.intermediate\.dense\.bias',
-     'layer_{0}/mlp/up/bias', None),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.weight',
-     'layer_{0}/mlp/down/kernel', 'linear'),
-    (r'encoder\.layer\.(\d+)\.output\.dense\.bias', 'layer_{0}/mlp/down/bias',
-     None),
+] + _ENCODER_MLP + [
     (r'layernorm\.weight', 'final_norm/scale', None),
     (r'layernorm\.bias', 'final_norm/bias', None),
     (r'classifier\.weight', 'head/out/kernel', 'linear'),
