@@ -32,9 +32,9 @@ run: install
 # Two workers that steal tests from each other's queue (a module fixture
 # may then be built in both): about 10 minutes on 2 cores, against 15 with
 # one file per worker at a time, as XLA's compiles of one worker overlap the
-# other's steps.
+# other's steps. The slowest tests are listed at the end (where CI's time goes).
 test: install
-	$(PY) -m pytest -q -n 2 --dist worksteal tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
 # Timings and memory (about 30 minutes on 2 cores): benchmarks/results/.
 bench: install
