@@ -16,8 +16,10 @@ import pytest
 from conftest import REPO
 from ntk_prefix import config as config_lib, train
 
-OVERRIDES = {'total_steps': 60, 'checkpoint_every': 3, 'eval_every': 30,
-             'log_every': 3, 'progress': False, 'async_checkpoints': False}
+STEPS = 24  # eight checkpoints and two evaluations: enough to kill between
+OVERRIDES = {'total_steps': STEPS, 'checkpoint_every': 3,
+             'eval_every': STEPS // 2, 'log_every': 3, 'progress': False,
+             'async_checkpoints': False}
 
 
 def _config(**overrides):
@@ -68,8 +70,8 @@ def test_two_processes_equal_one_and_one_writer(one_process, tmp_path):
   rows = _rows(str(tmp_path))
   # One line per logged step: a second writer would duplicate them.
   train_steps = [r['step'] for r in rows if 'train_loss' in r]
-  assert train_steps == list(range(3, 61, 3))
-  assert [r['step'] for r in rows if 'eval_loss' in r] == [30, 60]
+  assert train_steps == list(range(3, STEPS + 1, 3))
+  assert [r['step'] for r in rows if 'eval_loss' in r] == [STEPS // 2, STEPS]
   _compare(_rows(one_process), rows)
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   ref = json.loads(open(os.path.join(one_process,
@@ -91,7 +93,7 @@ def test_sigkill_of_one_process_stops_the_run_and_it_resumes(one_process,
   deadline = time.time() + 600
   while time.time() < deadline:  # kill process 1 once a checkpoint exists
     done = os.listdir(ckpts) if os.path.isdir(ckpts) else []
-    if any(d.isdigit() and 3 <= int(d) < 60 for d in done):
+    if any(d.isdigit() and 3 <= int(d) < STEPS for d in done):
       break
     assert proc.poll() is None, ''.join(lines)[-3000:]
     time.sleep(0.05)
