@@ -174,13 +174,14 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   chosen = search[best]
   chosen['scores'] = scored(*finished[best])
   log(f'  {method} seed 0: {_fmt(chosen["scores"])}')
-  runs = [{'seed': 0, 'scores': chosen['scores'],
+  runs = [{'seed': 0, 'scores': chosen['scores'], 'select': chosen['select'],
            'wall_seconds': chosen['wall_seconds'],
            'device': chosen['device']}]
   for seed in range(1, seeds):
     workdir, metrics = run_seed(spec, root, method, chosen['overrides'],
                                 seed, base, ledger)
     runs.append({'seed': seed, 'scores': scored(workdir, metrics),
+                 'select': metrics[select],
                  'wall_seconds': metrics['wall_seconds'],
                  'device': metrics.get('device', ''),
                  'commit': metrics.get('commit', '')})

@@ -62,11 +62,17 @@ def task_table(task: str, block: dict, results: dict) -> list:
   metric, scale = results['metric'], results.get('scale', 1.0)
   extra = [k for k in block['records'][0]['runs'][0]['scores']
            if k != metric] if block['records'] else []
+  # The selection metric of every seed at the chosen point (results before
+  # 2026-12-01 lack it): where the reported score cannot tell methods
+  # apart (GSM8K at this size), the held-out loss still can.
+  select_label = results.get('select_label', 'held-out by lr')
+  held = any('select' in run for r in block['records'] for run in r['runs'])
   head = (f"| method | trainable params | {results['metric_label']} "
           f"(mean ± std, {results['seeds']} seeds) | per seed | "
           + ''.join(f'{results.get("labels", {}).get(k, k)} | ' for k in extra)
-          + 'chosen | ' + f"{results.get('select_label', 'held-out')} "
-          'per searched point | runs | s/run |')
+          + (f"{select_label.replace(' by lr', '')} at the chosen point | "
+             if held else '')
+          + f'chosen | {select_label} per searched point | runs | s/run |')
   name = results['task_names'].get(task, task)
   if 'majority' in block:  # what always answering one label scores
     scale = results.get('scale', 1.0)
@@ -74,7 +80,7 @@ def task_table(task: str, block: dict, results: dict) -> list:
             else f"{block['majority']:.3f}")
     name += f' — majority class {rate}'
   lines = [f"### {name}\n", head,
-           '|---|---:|---:|---|' + '---:|' * len(extra) +
+           '|---|---:|---:|---|' + '---:|' * (len(extra) + held) +
            '---|---|---:|---:|']
   for r in block['records']:
     vals = [scale * run['scores'][metric] for run in r['runs']]
@@ -84,6 +90,9 @@ def task_table(task: str, block: dict, results: dict) -> list:
     for k in extra:
       cells.append(_mean_std([scale * run['scores'][k] for run in r['runs']],
                              scale))
+    if held:  # '—' for the model before adaptation: nothing was selected
+      chosen = [run['select'] for run in r['runs'] if 'select' in run]
+      cells.append(_mean_std(chosen, 1.0) if chosen else '—')
     cells.append((', '.join(f'{k.split(".")[-1]}={v}'
                             for k, v in r['chosen'].items()) or '—')
                  + grid_edge(r))

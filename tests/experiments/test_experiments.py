@@ -301,6 +301,16 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir):
                           'bleu': run['scores']['bleu']}
   refs = [l['references'] for l in rows]
   assert scoring.score_e2e([r[0] for r in refs], refs)['bleu'] == pytest.approx(1.0)
+  # Beside BLEU, each row shows its held-out token loss at the chosen point
+  # (the run's own final eval loss); the frozen model selected nothing.
+  final = json.loads((folder.parent / 'final_metrics.json').read_text())
+  assert run['select'] == final['eval_loss']
+  table = (out / 'table.md').read_text()
+  assert 'held-out token loss at the chosen point' in table
+  row = next(l for l in table.splitlines() if l.startswith('| p_tuning_v2 '))
+  assert f"{final['eval_loss']:.3f} (1 run)" in row
+  assert next(l for l in table.splitlines()
+              if l.startswith('| none ')).count(' — ') >= 2
 
 
 def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
