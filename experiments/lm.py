@@ -135,16 +135,20 @@ def scores_only(decoded: dict) -> dict:
 
 
 def before_adaptation(spec: str, root: str, base: dict) -> dict:
-  """The 'none' row: the frozen model decoded as it is (deterministic)."""
+  """The 'none' row: the frozen model decoded as it is (deterministic),
+  with its held-out token loss, the baseline of the trained rows'."""
+  from experiments import init_loss
   from ntk_prefix import methods
   config = common.configured(spec, {**base, 'method.name': 'none'})
   cfg, frozen, _ = base_model(config.model.path)
   method = methods.from_config(config.method, cfg)
   workdir = os.path.join(root, 'none', 'before_adaptation')
   decoded = decode_and_score(config, workdir, method, {})
+  held_out = init_loss.initial_losses(config, ['none'], 1)['none'][0]
   return {'method': 'none', 'trainable_params': 0, 'chosen': {},
-          'select_metric': '', 'search': [],
+          'select_metric': 'eval_loss', 'search': [],
           'runs': [{'seed': 0, 'scores': scores_only(decoded),
+                    'select': held_out,
                     'wall_seconds': decoded['decode_seconds'],
                     'device': decoded.get('device', '')}]}
 

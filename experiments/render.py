@@ -90,7 +90,7 @@ def task_table(task: str, block: dict, results: dict) -> list:
     for k in extra:
       cells.append(_mean_std([scale * run['scores'][k] for run in r['runs']],
                              scale))
-    if held:  # '—' for the model before adaptation: nothing was selected
+    if held:  # '—' where a row's results predate it
       chosen = [run['select'] for run in r['runs'] if 'select' in run]
       cells.append(_mean_std(chosen, 1.0) if chosen else '—')
     cells.append((', '.join(f'{k.split(".")[-1]}={v}'

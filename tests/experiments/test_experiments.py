@@ -302,15 +302,19 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir):
   refs = [l['references'] for l in rows]
   assert scoring.score_e2e([r[0] for r in refs], refs)['bleu'] == pytest.approx(1.0)
   # Beside BLEU, each row shows its held-out token loss at the chosen point
-  # (the run's own final eval loss); the frozen model selected nothing.
+  # (the run's own final eval loss), the frozen model its own.
   final = json.loads((folder.parent / 'final_metrics.json').read_text())
   assert run['select'] == final['eval_loss']
   table = (out / 'table.md').read_text()
   assert 'held-out token loss at the chosen point' in table
   row = next(l for l in table.splitlines() if l.startswith('| p_tuning_v2 '))
   assert f"{final['eval_loss']:.3f} (1 run)" in row
-  assert next(l for l in table.splitlines()
-              if l.startswith('| none ')).count(' — ') >= 2
+  from experiments import init_loss
+  config = common.configured('configs/lm.py:e2e_nlg', {
+      'model.path': path, 'task.prepared_dir': str(prepared_dir),
+      'task.max_length': 64, 'method.name': 'none'})
+  frozen_loss = init_loss.initial_losses(config, ['none'], 1)['none'][0]
+  assert records[0]['runs'][0]['select'] == pytest.approx(frozen_loss)
 
 
 def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
