@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -134,23 +135,37 @@ def scores_only(decoded: dict) -> dict:
           if k not in ('decode_seconds', 'device')}
 
 
-def before_adaptation(spec: str, root: str, base: dict) -> dict:
+def before_adaptation(spec: str, root: str, base: dict,
+                      ledger: Optional[str] = None) -> dict:
   """The 'none' row: the frozen model decoded as it is (deterministic),
-  with its held-out token loss, the baseline of the trained rows'."""
+  with its held-out token loss, the baseline of the trained rows'. Kept in
+  the ledger like a run (kind 'frozen'): a fresh clone neither decodes nor
+  evaluates it again."""
   from experiments import init_loss
-  from ntk_prefix import methods
   config = common.configured(spec, {**base, 'method.name': 'none'})
-  cfg, frozen, _ = base_model(config.model.path)
-  method = methods.from_config(config.method, cfg)
   workdir = os.path.join(root, 'none', 'before_adaptation')
-  decoded = decode_and_score(config, workdir, method, {})
-  held_out = init_loss.initial_losses(config, ['none'], 1)['none'][0]
+  run = common.run_key(root, workdir)
+  kept = ledger_lib.find(ledger, run, config, kind='frozen')
+  if kept:
+    metrics, scores = kept['metrics'], kept['scores']
+  else:
+    cfg, _, _ = base_model(config.model.path)
+    decoded = decode_and_score(config, workdir,
+                               methods.from_config(config.method, cfg), {})
+    scores = scores_only(decoded)
+    metrics = {'eval_loss': init_loss.initial_losses(config, ['none'],
+                                                     1)['none'][0],
+               'decode_seconds': decoded['decode_seconds'],
+               'device': decoded.get('device', ''),
+               'commit': provenance.process_commit()}
+    ledger_lib.add(ledger, run, json.loads(config.to_json_best_effort()),
+                   metrics, scores, kind='frozen')
   return {'method': 'none', 'trainable_params': 0, 'chosen': {},
           'select_metric': 'eval_loss', 'search': [],
-          'runs': [{'seed': 0, 'scores': scores_only(decoded),
-                    'select': held_out,
-                    'wall_seconds': decoded['decode_seconds'],
-                    'device': decoded.get('device', '')}]}
+          'runs': [{'seed': 0, 'scores': scores,
+                    'select': metrics['eval_loss'],
+                    'wall_seconds': metrics['decode_seconds'],
+                    'device': metrics['device']}]}
 
 
 def caption(c, task: str, full: bool) -> str:
@@ -204,7 +219,8 @@ def main(argv):
       'caption': caption(c, task, args.full)}
   for method in args.methods:
     if method in methods.UNADAPTED:  # decoded as it is, never trained
-      record = before_adaptation(spec, root, base)
+      record = before_adaptation(spec, root, base,
+                                 ledger_lib.path_for(out))
     else:
       score = lambda workdir, m: scores_only(
           decode_and_score(common.configured(spec, base), workdir))

@@ -100,7 +100,7 @@ def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
   base = {**task.base, **overrides}
   unadapted = method in methods.UNADAPTED  # the frozen model: no step cost
   if unadapted and task.lm:
-    record = lm.before_adaptation(task.spec, root, base)
+    record = lm.before_adaptation(task.spec, root, base, ledger)
   else:
     record = common.tune_and_repeat(
         task.spec, method, task.grid(method), seeds, root,

@@ -260,21 +260,25 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command, monkeypatch):
   assert again['tasks'] == results['tasks']
 
 
-def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir):
-  """Train, decode the fixed test subset with each run's state, BLEU."""
-  from ntk_prefix import checkpoints
+def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir,
+                          monkeypatch):
+  """Train, decode the fixed test subset with each run's state, BLEU; on a
+  fresh clone the ledger gives every row back, nothing trained or decoded."""
+  from ntk_prefix import checkpoints, provenance
+  monkeypatch.setattr(provenance, 'process_commit', lambda: 'abc1234')
   path, _ = hf_checkpoint('llama', vocab_size=49152)
   checkpoints.load_tokenizer(
       checkpoints.default_decoder_path()).save_pretrained(path)
   out, work = tmp_path / 'out', tmp_path / 'runs'
-  command(lm, [
+  argv = [
       '--task=e2e_nlg', '--methods=none,p_tuning_v2', '--seeds=1',
       f'--out={out}', f'--workdir={work}', '--config=configs/lm.py',
       f'--config.model.path={path}',
       f'--config.task.prepared_dir={prepared_dir}',
       '--config.total_steps=2', '--config.batch_size=8',
       '--config.task.max_length=64', '--config.decode.rows=3',
-      '--config.decode.max_new_tokens=4'])
+      '--config.decode.max_new_tokens=4']
+  command(lm, argv)
   results = json.loads((out / 'results.json').read_text())
   records = results['tasks']['e2e_nlg']['records']
   assert [r['method'] for r in records] == ['none', 'p_tuning_v2']
@@ -315,6 +319,15 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir):
       'task.max_length': 64, 'method.name': 'none'})
   frozen_loss = init_loss.initial_losses(config, ['none'], 1)['none'][0]
   assert records[0]['runs'][0]['select'] == pytest.approx(frozen_loss)
+  work.rename(tmp_path / 'elsewhere')  # a fresh clone: only the ledger
+  def refuse(*args, **kwargs):
+    raise AssertionError('decoded or trained again')
+  monkeypatch.setattr(lm, 'decode', refuse)
+  monkeypatch.setattr(init_loss, 'initial_losses', refuse)
+  monkeypatch.setattr(common, 'run_point', refuse)
+  command(lm, argv)
+  again = json.loads((out / 'results.json').read_text())
+  assert again['tasks'] == results['tasks']
 
 
 def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
