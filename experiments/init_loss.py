@@ -14,40 +14,11 @@ its own initialisation (see the README on IAPT). Writes
 experiments/results/<task>/init_loss.md (NLU tasks: experiments/results/nlu/
 init_loss_<task>.md); no training, no decoding.
 """
-import dataclasses
 import os
-import sys
 
 from experiments import common, flags, lm, nlu
-from ntk_prefix import atomic, config as config_lib, methods, provenance
-from ntk_prefix.build import build, init_trainable
-from ntk_prefix.steps import make_eval_step, place_frozen, run_eval
-
-def initial_losses(config, names: list, seeds: int) -> dict:
-  """{method: [held-out token loss at init, one per seed]}; the model and
-  data load once, each method's state is made and scored as training
-  would score it before its first step."""
-  setup = build(config)
-  frozen, frozen_sharding = place_frozen(setup)
-  out = {}
-  for label in names:
-    name, _, preset = label.partition(':')
-    c = config.copy_and_resolve_references()  # the caller's stays as it was
-    config_lib.override(c, 'method.name', name)
-    config_lib.override(c, 'method.preset', preset)
-    s = dataclasses.replace(setup, config=c, method=methods.from_config(
-        c.method, setup.model_cfg, c.task.name, setup.tokenizer))
-    evaluate = make_eval_step(s, frozen_sharding)
-    out[label] = []
-    for seed in range(seeds if name in methods.ADAPTING else 1):
-      c.seed = seed
-      params = init_trainable(s)
-      out[label].append(
-          run_eval(s, evaluate, params, frozen)['eval_loss'])
-      print(f'{label} seed {seed}: {out[label][-1]:.3f}', file=sys.stderr,
-            flush=True)
-  return out
-
+from experiments.held_out import initial_losses
+from ntk_prefix import atomic, config as config_lib, provenance
 
 def render(losses: dict, task: str, eval_split: str, stamp: dict) -> str:
   frozen = losses['none'][0] if 'none' in losses else None

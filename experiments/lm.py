@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from experiments import common, flags, papers
+from experiments import common, flags, held_out, papers
 from experiments import ledger as ledger_lib
 from experiments.scoring import SCORERS
 from ntk_prefix import config as config_lib, methods, provenance
@@ -141,7 +141,6 @@ def before_adaptation(spec: str, root: str, base: dict,
   with its held-out token loss, the baseline of the trained rows'. Kept in
   the ledger like a run (kind 'frozen'): a fresh clone neither decodes nor
   evaluates it again."""
-  from experiments import init_loss
   config = common.configured(spec, {**base, 'method.name': 'none'})
   workdir = os.path.join(root, 'none', 'before_adaptation')
   run = common.run_key(root, workdir)
@@ -153,7 +152,7 @@ def before_adaptation(spec: str, root: str, base: dict,
     decoded = decode_and_score(config, workdir,
                                methods.from_config(config.method, cfg), {})
     scores = scores_only(decoded)
-    metrics = {'eval_loss': init_loss.initial_losses(config, ['none'],
+    metrics = {'eval_loss': held_out.initial_losses(config, ['none'],
                                                      1)['none'][0],
                'decode_seconds': decoded['decode_seconds'],
                'device': decoded.get('device', ''),

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from absl import flags as absl_flags
 
-from experiments import common, flags, init_loss, lm, nlu
+from experiments import common, flags, held_out, init_loss, lm, nlu
 from experiments import render as render_lib
 from experiments import ledger as ledger_lib
 from ntk_prefix import atomic, config as config_lib, provenance
@@ -84,8 +84,8 @@ def initial_losses(config, inits: dict) -> dict:
     c = config.copy_and_resolve_references()
     for k, v in options.items():
       config_lib.override(c, k, v)
-    out[label] = init_loss.initial_losses(c, [method], 1)[method][0]
-  out['frozen'] = init_loss.initial_losses(config, ['none'], 1)['none'][0]
+    out[label] = held_out.initial_losses(c, [method], 1)[method][0]
+  out['frozen'] = held_out.initial_losses(config, ['none'], 1)['none'][0]
   return out
 
 

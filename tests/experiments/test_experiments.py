@@ -313,17 +313,17 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir,
   assert 'held-out token loss at the chosen point' in table
   row = next(l for l in table.splitlines() if l.startswith('| p_tuning_v2 '))
   assert f"{final['eval_loss']:.3f} (1 run)" in row
-  from experiments import init_loss
+  from experiments import held_out
   config = common.configured('configs/lm.py:e2e_nlg', {
       'model.path': path, 'task.prepared_dir': str(prepared_dir),
       'task.max_length': 64, 'method.name': 'none'})
-  frozen_loss = init_loss.initial_losses(config, ['none'], 1)['none'][0]
+  frozen_loss = held_out.initial_losses(config, ['none'], 1)['none'][0]
   assert records[0]['runs'][0]['select'] == pytest.approx(frozen_loss)
   work.rename(tmp_path / 'elsewhere')  # a fresh clone: only the ledger
   def refuse(*args, **kwargs):
     raise AssertionError('decoded or trained again')
   monkeypatch.setattr(lm, 'decode', refuse)
-  monkeypatch.setattr(init_loss, 'initial_losses', refuse)
+  monkeypatch.setattr(held_out, 'initial_losses', refuse)
   monkeypatch.setattr(common, 'run_point', refuse)
   command(lm, argv)
   again = json.loads((out / 'results.json').read_text())
@@ -332,7 +332,7 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir,
 
 def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
   """Methods that start at the identity start at the frozen model's loss."""
-  from experiments import init_loss
+  from experiments import held_out, init_loss
   from ntk_prefix import checkpoints
   path, _ = hf_checkpoint('llama', vocab_size=49152)
   checkpoints.load_tokenizer(
@@ -341,7 +341,7 @@ def test_init_loss_command(hf_checkpoint, tmp_path, command, prepared_dir):
   config = common.configured('configs/lm.py:e2e_nlg', {
       'model.path': str(path), 'task.prepared_dir': prepared_dir,
       'task.max_length': '64', 'task.eval_split': 'train[-16:]'})
-  losses = init_loss.initial_losses(
+  losses = held_out.initial_losses(
       config, ['none', 'lora', 'full', 'iapt', 'ntk_attention:official_vit',
                'ntk_attention:official_glm', 'ntk_attention'], seeds=2)
   assert config.method.name == 'ntk_attention'  # the caller's config is kept
