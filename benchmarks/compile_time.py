@@ -79,14 +79,14 @@ def main(argv=None):
   meta = harness.stamp('benchmarks.compile_time', argv, args.out,
                        method=args.method, batch=args.batch,
                        seq_len=args.seq_len)
-  command = meta['command']
   os.makedirs(args.out, exist_ok=True)
   atomic.write_json(os.path.join(args.out, 'compile_time.json'),
                     {'meta': meta, 'rows': rows})
   lines = [f'Compile time of the {args.method} train step (gradient) against '
            f'depth, SmolLM2-135M layer shape, batch {args.batch} x '
            f'{args.seq_len}, {meta["device"]}, jax {jax.__version__}.',
-           f'Command: `{command}`; commit {meta["commit"]}; {meta["date"]}.',
+           f'Command: `{meta["command"]}`; commit {meta["commit"]}; '
+           f'{meta["date"]}.',
            '', '| layers | unrolled: lower + compile (s) | scanned: lower + '
            'compile (s) |', '|---:|---:|---:|']
   for r in rows:

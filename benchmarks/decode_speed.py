@@ -75,9 +75,9 @@ def main(argv=None):
           f"{r['step_seconds']:.3f} s/token, {r['tokens_per_s']:.0f} tok/s",
           flush=True)
   meta = harness.stamp('benchmarks.decode_speed', argv, args.out,
-              model=os.path.basename(args.model.rstrip('/')),
-              batch=args.batch, prompt_len=args.prompt_len,
-              new_tokens=args.new_tokens, repeats=args.repeats)
+                       model=os.path.basename(args.model.rstrip('/')),
+                       batch=args.batch, prompt_len=args.prompt_len,
+                       new_tokens=args.new_tokens, repeats=args.repeats)
   lines = [f"Greedy decoding with the KV cache, {meta['model']}, batch "
            f"{args.batch}, prompts of {args.prompt_len} tokens, "
            f"{args.new_tokens} new tokens; {meta['device']}, jax "

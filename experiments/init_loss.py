@@ -20,6 +20,7 @@ from experiments import common, flags, lm, nlu
 from experiments.held_out import initial_losses
 from ntk_prefix import atomic, config as config_lib, provenance
 
+
 def render(losses: dict, task: str, eval_split: str, stamp: dict) -> str:
   frozen = losses['none'][0] if 'none' in losses else None
   lines = [f'## Held-out token loss at initialisation: {task}', '',

@@ -70,7 +70,7 @@ def task_table(task: str, block: dict, results: dict) -> list:
   head = (f"| method | trainable params | {results['metric_label']} "
           f"(mean ± std, {results['seeds']} seeds) | per seed | "
           + ''.join(f'{results.get("labels", {}).get(k, k)} | ' for k in extra)
-          + (f"{select_label.replace(' by lr', '')} at the chosen point | "
+          + (f"{select_label.removesuffix(' by lr')} at the chosen point | "
              if held else '')
           + f'chosen | {select_label} per searched point | runs | s/run |')
   name = results['task_names'].get(task, task)
