@@ -6,6 +6,8 @@ where the files are public and a network is present, download them. No
 TensorFlow is needed: examples are written as array_record and read back with
 `builder.as_data_source(split)`.
 """
+import contextlib
+import fcntl
 import os
 
 import numpy as np
@@ -110,6 +112,19 @@ def tfds_image_source(task_name: str, split: str, data_dir: str) -> tuple:
   return builder.as_data_source(split), features['label'].num_classes
 
 
+@contextlib.contextmanager
+def _preparing(builder):
+  """One process at a time prepares a dataset folder (an flock beside it)."""
+  parent = os.path.dirname(os.fspath(builder.data_dir))
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, '.prepare.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def load_split(task_name: str, split: str, manual_dir: str,
                data_dir: str, download: bool = False) -> list:
   """All examples of a split as a list of dicts (prepared once, then read)."""
@@ -143,8 +158,12 @@ def load_split(task_name: str, split: str, manual_dir: str,
   Builder = BUILDERS[task_name]
   Builder._download_config_manual_dir = manual_dir
   Builder._allow_download = bool(download)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir))
+  with _preparing(builder):
+    # Another process (a second table, another host) may have prepared it
+    # while this one waited: tfds would then fail renaming into its folder.
+    builder = Builder(data_dir=data_dir, file_format='array_record')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   source = builder.as_data_source(split)
   return [source[i] for i in range(len(source))]
 

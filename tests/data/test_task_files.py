@@ -82,3 +82,32 @@ def test_malformed_row_names_file_and_line(small_data, tmp_path, task, path,
     builders.load_split(task, 'train', str(small_data),
                         str(tmp_path / 'prepared'))
 
+
+
+_PREPARE = '''
+import sys, time
+from ntk_prefix.data import builders
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # start together
+print(len(builders.load_split('sst2', 'train', sys.argv[1], sys.argv[2])))
+'''
+
+
+def test_two_processes_prepare_the_same_task_at_once(tmp_path):
+  """Two tables started together both read the task (tfds alone fails the
+  second one renaming into a folder the first has just written)."""
+  import subprocess
+  import sys
+  import time
+  data = tmp_path / 'data'
+  for f in ('train.tsv', 'dev.tsv'):
+    _copy_head(os.path.join(SHARED, 'glue/SST-2', f),
+               str(data / 'glue/SST-2' / f), 3001)
+  start = str(time.time() + 12)  # both have imported tfds by then
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', _PREPARE, str(data), str(tmp_path / 'prepared'),
+       start], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for _ in range(2)]
+  for p in procs:
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    assert out.split()[-1] == '3000'  # tfds prints its progress first
