@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks import attention_cost, compile_time, decode_speed, harness
+from benchmarks import precision
 from benchmarks import report
 from benchmarks.mixed import sweep_mixed
 from benchmarks.peer import sweep_peer
@@ -138,8 +139,10 @@ def main(argv=None):
                  'method: benchmarks/attention_cost.py, attention_cost.md), '
                  'and, not by default, compile (compile time against depth, '
                  'unrolled against scanned layers: benchmarks/compile_time.py'
-                 ', compile_time.md) and decode (greedy decoding speed per '
-                 'method: benchmarks/decode_speed.py, decode_speed.md)')
+                 ', compile_time.md), decode (greedy decoding speed per '
+                 'method: benchmarks/decode_speed.py, decode_speed.md) and '
+                 'precision (float32 against bfloat16 matmuls and train '
+                 'steps: benchmarks/precision.py, precision.md)')
   p.add_argument('--encoder', default='minilm')
   p.add_argument('--decoder', default='smollm2')
   p.add_argument('--repeats', type=int, default=3)
@@ -178,6 +181,9 @@ def main(argv=None):
     if name == 'decode':
       decode_speed.main([f'--model={args.decoder}', f'--out={args.out}'])
       continue
+    if name == 'precision':  # its own table: float32 against bfloat16
+      precision.main([f'--out={args.out}'])
+      continue
     rows = [r for r in rows if r['sweep'] != name]
     if name == 'methods':
       rows += sweep_methods(args.encoder, 32, args.seq_len, args.repeats, rate)
@@ -193,7 +199,7 @@ def main(argv=None):
     else:
       raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
                        'prefix_length, peer, mixed, attention, compile, '
-                       'decode.')
+                       'decode, precision.')
     stamp = dict(command=command, commit=provenance.git_commit(('benchmarks/results',)),
                  date=datetime.date.today().isoformat())
     rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]

@@ -10,6 +10,8 @@ float32 array is kept (as levanter and maxtext do).
 import jax
 import jax.numpy as jnp
 
+from ntk_prefix.models import precision
+
 # Positions per chunk: [chunk, vocab] float32 logits live at a time (256 x
 # 49,152 x 4 B = 50 MB for SmolLM2).
 CHUNK = 256
@@ -41,8 +43,7 @@ def cross_entropy(h: jax.Array, kernel: jax.Array, targets: jax.Array,
   @jax.checkpoint  # the backward pass recomputes a chunk's logits
   def one(args):
     hc, tc = args
-    logits = jnp.dot(hc, kernel.astype(hc.dtype),
-                     preferred_element_type=jnp.float32)
+    logits = precision.einsum('nd,dv->nv', hc, kernel)
     target = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - target
     return nll, jnp.argmax(logits, axis=-1) == tc

@@ -34,4 +34,8 @@ class Full(base.Method):
                                      frozen_params)}
 
   def backbone_params(self, frozen_params, method_params):
-    return method_params['backbone']
+    # Float32 master weights, computed in the frozen tree's dtype: under
+    # model.dtype=bfloat16 full fine-tuning multiplies in bf16 as the
+    # other methods' backbones do (and as mixed-precision training does).
+    dtype = jax.tree.leaves(frozen_params)[0].dtype
+    return jax.tree.map(lambda x: x.astype(dtype), method_params['backbone'])

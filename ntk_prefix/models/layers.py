@@ -66,9 +66,10 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x, lora=None):
     y = dense(self.features, self.use_bias, 'dense')(x)
-    if lora is not None:
-      y = y + lora.scale * ((x @ lora.a.astype(x.dtype)) @
-                            lora.b.astype(x.dtype))
+    if lora is not None:  # x [b, t, in], a [in, r], b [r, out]
+      low = precision.einsum('bti,ir->btr', x, lora.a).astype(x.dtype)
+      y = y + (lora.scale * precision.einsum('btr,ro->bto', low,
+                                             lora.b)).astype(y.dtype)
     return y
 
 

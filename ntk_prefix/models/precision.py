@@ -1,11 +1,14 @@
 """Mixed precision for matmuls: 16-bit operands, float32 accumulation.
 
 Under `model.dtype=bfloat16` every sequence-sized matmul takes bf16 operands
-and accumulates in float32 (`preferred_element_type`). Autodiff alone would
-not keep that in the backward pass: the float32 cotangent of a float32
-result makes both transposed matmuls float32. So the backward pass here
-casts the cotangent to the operands' dtype first, as flash-attention
-kernels do. For float32 operands these are the plain ops.
+and accumulates in float32 (`preferred_element_type`), the backward pass's
+two matmuls too: autodiff alone would multiply the float32 cotangent of a
+float32 result in float32, so the backward pass here casts the cotangent to
+the operands' dtype first, as flash-attention kernels do. Only the float32
+accumulation is cheap: on a CPU with AMX (this workplace's), XLA's bf16 x
+bf16 -> float32 matmul ran 3-4x faster than float32 at SmolLM2's shapes,
+bf16 x bf16 -> bf16 no faster than float32 (benchmarks/precision.py). For
+float32 operands these are the plain ops.
 """
 import functools
 
@@ -16,7 +19,9 @@ F32 = jnp.float32
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-  """jnp.einsum in a's dtype, float32 result."""
+  """jnp.einsum in a's dtype, float32 result. spec: two operands, explicit
+  output, no ellipsis, every index of an operand in the other or the
+  output (a contraction, as every matmul of a transformer is)."""
   if a.dtype == F32:
     return jnp.einsum(spec, a, b.astype(F32))
   return _einsum16(spec, a, b)
@@ -33,43 +38,44 @@ def _einsum16_fwd(spec, a, b):
 
 def _einsum16_bwd(spec, residuals, cotangent):
   a, b = residuals
-  d_a, d_b = _low_vjp(lambda x, y: jnp.einsum(spec, x, y), a,
-                      b.astype(a.dtype), cotangent)
-  return d_a, d_b.astype(b.dtype)
+  operands, out = spec.split('->')
+  sa, sb = operands.split(',')
+  g = cotangent.astype(a.dtype)
+  d_a = jnp.einsum(f'{out},{sb}->{sa}', g, b.astype(a.dtype),
+                   preferred_element_type=F32)
+  d_b = jnp.einsum(f'{sa},{out}->{sb}', a, g, preferred_element_type=F32)
+  return d_a.astype(a.dtype), d_b.astype(b.dtype)
 
 
 _einsum16.defvjp(_einsum16_fwd, _einsum16_bwd)
 
 
-def _low_vjp(f, a, b, cotangent):
-  """Cotangents of f(a, b) with every matmul in a's dtype."""
-  _, vjp = jax.vjp(f, a, b)
-  return vjp(cotangent.astype(a.dtype))
-
-
 def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
   """For nn.Dense: float32 accumulation, result in the operands' dtype."""
+  return dot_general_f32(lhs, rhs, dimension_numbers,
+                         precision).astype(lhs.dtype)
+
+
+def dot_general_f32(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+  """For the LM head: float32 logits, float32 accumulation."""
   del kwargs
   if lhs.dtype == F32:
     return jax.lax.dot_general(lhs, rhs.astype(F32), dimension_numbers,
                                precision=precision)
-  return _dot16(lhs, rhs.astype(lhs.dtype), dimension_numbers, precision)
+  return _einsum16(_spec(lhs.ndim, rhs.ndim, dimension_numbers), lhs, rhs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dot16(lhs, rhs, dimension_numbers, precision):
-  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=F32).astype(lhs.dtype)
-
-
-def _dot16_fwd(lhs, rhs, dimension_numbers, precision):
-  return _dot16(lhs, rhs, dimension_numbers, precision), (lhs, rhs)
-
-
-def _dot16_bwd(dimension_numbers, precision, residuals, cotangent):
-  lhs, rhs = residuals
-  return _low_vjp(lambda x, y: jax.lax.dot_general(
-      x, y, dimension_numbers, precision=precision), lhs, rhs, cotangent)
-
-
-_dot16.defvjp(_dot16_fwd, _dot16_bwd)
+def _spec(lhs_ndim: int, rhs_ndim: int, dimension_numbers) -> str:
+  """dot_general's dimension numbers as an einsum spec (batch dims, then
+  lhs's free dims, then rhs's: dot_general's output order)."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  letters = iter('abcdefghijklmnopqrstuvwxyz')
+  lhs, rhs = [None] * lhs_ndim, [None] * rhs_ndim
+  for i, j in list(zip(lb, rb)) + list(zip(lc, rc)):
+    lhs[i] = rhs[j] = next(letters)
+  lhs = [x or next(letters) for x in lhs]
+  rhs = [x or next(letters) for x in rhs]
+  out = ([lhs[i] for i in lb] +
+         [x for i, x in enumerate(lhs) if i not in lb and i not in lc] +
+         [x for j, x in enumerate(rhs) if j not in rb and j not in rc])
+  return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ntk_prefix.models import layers
+from ntk_prefix.models import layers, precision
 from ntk_prefix.models.scanned import scanned_blocks
 from ntk_prefix.models.config import ModelConfig
 from ntk_prefix.models.hook_types import NO_ADAPTER, NO_LAYER_HOOK, Adapter
@@ -66,7 +66,8 @@ class Transformer(nn.Module):
     if cfg.has_pooler:
       self.pooler = nn.Dense(cfg.hidden_size, name='pooler')
     if cfg.is_decoder and not cfg.tie_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, name='lm_head')
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, name='lm_head',
+                              dot_general=precision.dot_general_f32)
 
   def position_ids(self, mask: Array, offset: int) -> Array:
     """Each token's position for `mask` [b, t], the first at `offset`."""
@@ -211,7 +212,8 @@ class Transformer(nn.Module):
     out = {'hidden': hidden, 'pooled': pooled}
     if cfg.is_decoder and self.lm_logits:
       if cfg.tie_embeddings:
-        out['logits'] = self.tokens.attend(hidden)
+        out['logits'] = precision.einsum('btd,vd->btv', hidden,
+                                         self.tokens.embedding)
       else:
         out['logits'] = self.lm_head(hidden)
     return out

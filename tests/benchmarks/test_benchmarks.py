@@ -124,3 +124,15 @@ def test_decode_speed_reports_every_method(hf_checkpoint, tmp_path):
     assert r['step_bytes_xla'] > 0
   text = (tmp_path / 'decode_speed.md').read_text()
   assert '| ntk_attention |' in text and 'tokens/s' in text
+
+
+def test_precision_benchmark_prints_every_kind(tmp_path):
+  from benchmarks import precision
+  rates, steps = precision.main(['--methods=', '--shapes=16,24,32;8,8,8',
+                                 '--repeats=1', f'--out={tmp_path}'])
+  assert [r['shape'] for r in rates] == [[16, 24, 32], [8, 8, 8]]
+  for r in rates:
+    assert all(r[kind] > 0 for kind, _, _ in precision.KINDS)
+  assert steps == []
+  text = (tmp_path / 'precision.md').read_text()
+  assert '| 16 x 24 x 32 |' in text and 'bf16 instructions' in text

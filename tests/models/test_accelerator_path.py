@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import text_batch
-from ntk_prefix import checkpoints, methods, models
+from ntk_prefix import checkpoints, lm_loss, methods, models
 
 # Options that make a method's state non-trivial (random, not zero) where
 # its defaults do not; every registered method is tested.
@@ -65,41 +65,53 @@ LENGTH = 13
 
 
 def _dots(hlo: str):
-  """(operand shapes, operand dtypes) of every dot_general in StableHLO."""
+  """(operand shapes, operand dtypes, result dtype) of every dot_general in
+  StableHLO."""
   for line in hlo.splitlines():
     if 'stablehlo.dot_general' not in line:
       continue
-    types = re.search(r':\s*\((tensor<[^)]*)\)\s*->', line).group(1)
-    operands = re.findall(r'tensor<([0-9x]*)x?(bf16|f32|f16)>', types)
+    types = re.search(r':\s*\((tensor<[^)]*)\)\s*->\s*tensor<[0-9x]*?'
+                      r'(bf16|f32|f16)>', line)
+    operands = re.findall(r'tensor<([0-9x]*)x?(bf16|f32|f16)>', types.group(1))
     yield [tuple(int(d) for d in s.split('x') if d) for s, _ in operands], [
-        t for _, t in operands]
+        t for _, t in operands], types.group(2)
 
 
-@pytest.mark.parametrize('name', ['ntk_attention', 'p_tuning_v2', 'lora'])
+@pytest.mark.parametrize('name', ['ntk_attention', 'p_tuning_v2', 'lora',
+                                  'full'])
 def test_bf16_train_step_has_no_big_float32_dot(hf_checkpoint, name):
   cfg, frozen, method, params, _ = _setup(hf_checkpoint, 'llama', name)
   ids, mask = text_batch(cfg.vocab_size, length=LENGTH)
   batch = {'input_ids': ids, 'attention_mask': mask}
   frozen = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), frozen)
-  seq = {LENGTH, LENGTH + getattr(method.opts, 'length', 0)}
+  # The training loss's rows: every position of the batch, flattened.
+  seq = {LENGTH, LENGTH + getattr(method.opts, 'length', 0), ids.size}
   wide = seq | {cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size}
   assert not ({cfg.head_dim, cfg.num_heads, ids.shape[0]} & wide), (
       'the test model needs sizes distinct from the sequence length')
 
   def loss(p):
     out = models.apply(cfg, frozen, p, batch, adapter=method)
-    return jnp.mean(out['logits'].astype(jnp.float32) ** 2)
+    # The model's logits (decoding) and the training loss's chunked head.
+    kernel = lm_loss.head_kernel(cfg, method.backbone_params(frozen, p))
+    nll, _ = lm_loss.cross_entropy(out['hidden'].reshape(ids.size, -1),
+                                   kernel, jnp.asarray(ids).reshape(-1))
+    return jnp.mean(out['logits'].astype(jnp.float32) ** 2) + jnp.mean(nll)
 
   hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
   big = []
-  for shapes, dtypes in _dots(hlo):
+  for shapes, dtypes, result in _dots(hlo):
     for shape, dtype in zip(shapes, dtypes):
       if any(d in seq for d in shape) and sum(d in wide for d in shape) >= 2:
-        big.append((shapes, dtypes))
+        big.append((shapes, dtypes, result))
         break
   assert big, 'the check found no sequence-sized dot at all'
   f32 = [b for b in big if 'f32' in b[1]]
   assert not f32, f'float32 dots of sequence size: {f32[:3]}'
+  # Accumulated in float32, forward and backward: bf16 x bf16 -> f32 (a
+  # bf16 result is another kernel, 3-4x slower on a CPU with AMX).
+  rounded = [b for b in big if b[2] != 'f32']
+  assert not rounded, f'16-bit results of sequence-sized dots: {rounded[:3]}'
 
 
 @pytest.mark.parametrize('name', ['ntk_attention', 'p_tuning_v2'])
