@@ -89,6 +89,14 @@ SEARCH_RULE = (
     'a choice still at an end is marked (edge)')
 
 
+def precision_note(c) -> str:
+  """The runs' compute precision, for a caption ('' in float32)."""
+  if c.model.dtype == 'float32':
+    return ''
+  return (f' Frozen weights in {c.model.dtype}, every matmul accumulated in '
+          'float32; method state, optimizer and softmax statistics float32.')
+
+
 def next_rate(value: float, up: bool) -> float:
   """The next point outward on the 1-3-10 ladder the grids are written on
   (x3 or /3 elsewhere)."""

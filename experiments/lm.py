@@ -186,7 +186,7 @@ def caption(c, task: str, full: bool) -> str:
           f'{unit} decoded {how} (at most {d.max_new_tokens} new tokens). '
           '`none` is the model before adaptation (deterministic decoding: one '
           f'run). {metric} s/run is a training run\'s wall time without '
-          'decoding (for `none`: its decoding).')
+          'decoding (for `none`: its decoding).' + common.precision_note(c))
 
 
 def results_folder(task: str) -> str:

@@ -180,7 +180,7 @@ def main(argv):
           f'positions where they are at every m (shift_positions=False). '
           f'Train step and peak memory (XLA\'s account) '
           f'of each configuration on one batch of this machine '
-          f'({provenance.device()}).')}
+          f'({provenance.device()}).' + common.precision_note(c))}
   largest = {}  # method -> (its record at the largest m, its run root)
   for method in PREFIX_METHODS:
     for m in lengths:

@@ -288,6 +288,8 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir,
     # Wall times are read beside the device that took them.
     assert r['runs'][0]['device'] == 'cpu'
   assert 'Runs ran on: cpu' in (out / 'table.md').read_text()
+  # configs/lm.py trains in bf16, and the table says so.
+  assert 'Frozen weights in bfloat16' in (out / 'table.md').read_text()
   lines = [json.loads(l) for l in
            next(work.rglob('completions.jsonl')).read_text().splitlines()]
   assert len(lines) == 3
