@@ -214,15 +214,18 @@ def median_time(fn: Callable[[], float], repeats: int, warmup: int = 1) -> float
   return statistics.median(fn() for _ in range(repeats))
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-  """The machine's float32 matmul rate in FLOP/s (n x n by n x n, in JAX)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
+def matmul_rate(shape: tuple = (2048, 2048, 2048), repeats: int = 10,
+                dtype=jnp.float32, result=None) -> float:
+  """The machine's matmul rate in FLOP/s of [m, k] x [k, n] (float32 by
+  default; `result` is preferred_element_type, None = the operands')."""
+  m, k, n = shape
+  a = jax.random.normal(jax.random.PRNGKey(0), (m, k)).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (k, n)).astype(dtype)
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=result))
   f(a, b).block_until_ready()
 
   def once():
     t0 = time.perf_counter()
     f(a, b).block_until_ready()
     return time.perf_counter() - t0
-  return 2 * n ** 3 / median_time(once, repeats)
+  return 2 * m * k * n / median_time(once, repeats)

@@ -60,6 +60,7 @@ def instruction_batch(gguf_path: str, batch: int, length: int):
   theirs = dict(left, keep=min(keep, width),
                 position_ids=np.maximum(np.cumsum(left['attention_mask'], 1)
                                         - 1, 0))
+  del ours['loss_mask']  # gathered into loss_positions/targets/weights
   return ours, theirs
 
 
@@ -150,9 +151,8 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
     tokens = ours_batch['input_ids'].size
     model_flops = 4 * harness.matmul_params(cfg, frozen) * tokens
     for method in PAIRS:
-      ours = harness.Step(cfg, frozen, method, OURS[method],
-                          {k: v for k, v in ours_batch.items()
-                           if k != 'loss_mask'}, lm=True)
+      ours = harness.Step(cfg, frozen, method, OURS[method], ours_batch,
+                          lm=True)
       theirs = PeftStep(copy.deepcopy(base), method, peft_batch,
                         instruction=kind == 'instruction')
       times = {'ours': [], 'peft': []}

@@ -12,7 +12,7 @@ Prints the tables and writes precision.json / .md to --out.
 """
 import argparse
 import os
-import time
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -40,33 +40,15 @@ def cpu_bf16_flags() -> str:
   return ', '.join(f for f in flags if 'bf16' in f) or 'none'
 
 
-def matmul_rate(shape: tuple, dtype, result, repeats: int) -> float:
-  """FLOP/s of one [m, k] x [k, n] matmul."""
-  m, k, n = shape
-  a = jax.random.normal(jax.random.PRNGKey(0), (m, k)).astype(dtype)
-  b = jax.random.normal(jax.random.PRNGKey(1), (k, n)).astype(dtype)
-  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=result))
-  f(a, b).block_until_ready()
-
-  def once():
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    return time.perf_counter() - t
-  return 2 * m * k * n / harness.median_time(once, repeats)
-
-
 def step_times(method: str, batch: int, length: int, repeats: int) -> dict:
   cfg, frozen = harness.load_model('smollm2')
   pair = peer.instruction_batch(harness.resolve('smollm2'), batch, length)
   if pair is None:
     raise SystemExit('benchmarks.precision needs the E2E files (see Data in '
                      'README.md) for its instruction batch.')
-  ours = {k: pair[0][k] for k in ('input_ids', 'attention_mask',
-                                  'loss_positions', 'loss_targets',
-                                  'loss_weights')}
   frozen16 = jax.tree.map(
       lambda x: x.astype(BF16) if x.dtype == F32 else x, frozen)
-  steps = {name: harness.Step(cfg, params, method, {}, ours, lm=True)
+  steps = {name: harness.Step(cfg, params, method, {}, pair[0], lm=True)
            for name, params in (('float32', frozen), ('bfloat16', frozen16))}
   for s in steps.values():  # warm-up
     s.run_train()
@@ -74,7 +56,7 @@ def step_times(method: str, batch: int, length: int, repeats: int) -> dict:
   for _ in range(repeats):
     for name, s in steps.items():
       times[name].append(s.run_train())
-  return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -93,7 +75,7 @@ def main(argv=None):
                 for s in args.shapes.split(';')]:
     row = {'shape': list(shape)}
     for name, dtype, result in KINDS:
-      row[name] = matmul_rate(shape, dtype, result, 2 * args.repeats)
+      row[name] = harness.matmul_rate(shape, 2 * args.repeats, dtype, result)
     rates.append(row)
     print(' x '.join(map(str, shape)) + ': ' + ', '.join(
         f'{name} {row[name] / 1e9:.0f}' for name, _, _ in KINDS) +

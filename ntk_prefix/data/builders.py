@@ -118,11 +118,8 @@ def _preparing(builder):
   parent = os.path.dirname(os.fspath(builder.data_dir))
   os.makedirs(parent, exist_ok=True)
   with open(os.path.join(parent, '.prepare.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    yield
 
 
 def load_split(task_name: str, split: str, manual_dir: str,
@@ -158,12 +155,13 @@ def load_split(task_name: str, split: str, manual_dir: str,
   Builder = BUILDERS[task_name]
   Builder._download_config_manual_dir = manual_dir
   Builder._allow_download = bool(download)
-  with _preparing(builder):
-    # Another process (a second table, another host) may have prepared it
-    # while this one waited: tfds would then fail renaming into its folder.
-    builder = Builder(data_dir=data_dir, file_format='array_record')
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  if not builder.is_prepared():
+    with _preparing(builder):
+      # Another process (a second table, another host) may have prepared it
+      # while this one waited: tfds would then fail renaming into its folder.
+      builder = Builder(data_dir=data_dir, file_format='array_record')
+      builder.download_and_prepare(download_config=tfds.download.
+                                   DownloadConfig(manual_dir=manual_dir))
   source = builder.as_data_source(split)
   return [source[i] for i in range(len(source))]
 
