@@ -19,6 +19,11 @@ def _r(x, fmt='{:.2f}'):
   return '' if x is None else fmt.format(x)
 
 
+def _rounds(r) -> str:  # '—': a row measured before the column existed
+  rounds = r.get('ratio_to_frozen_rounds')
+  return '—' if rounds is None else ' / '.join(f'{x:.2f}' for x in rounds)
+
+
 def methods_table(rows: list, model: str) -> str:
   rows = [r for r in rows if r['sweep'] == 'methods' and r['model'] == model]
   if not rows:
@@ -26,15 +31,16 @@ def methods_table(rows: list, model: str) -> str:
   r0 = rows[0]
   out = [f"### {model}: batch {r0['batch']} x {r0['seq_len']} tokens\n",
          '| method | trainable params | train step (s) | × frozen | '
-         'forward (s) | tokens/s | % of FLOP floor | XLA step memory (MiB) | '
+         '× frozen, each round | forward (s) | tokens/s | % of FLOP floor | XLA step memory (MiB) | '
          'XLA step traffic (GB) | params + Adam (MiB) | '
          '(params + Adam) / params | compile (s) |',
-         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+         '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     state = r['trainable_bytes'] + r['optimizer_bytes']
     out.append(
         f"| {r['method']} | {r['params']:,} | {r['step_seconds']:.3f} | "
-        f"{_r(r['ratio_to_frozen'])} | {r['forward_seconds']:.3f} | "
+        f"{_r(r['ratio_to_frozen'])} | {_rounds(r)} | "
+        f"{r['forward_seconds']:.3f} | "
         f"{r['tokens_per_s']:,.0f} | {100 * r['floor_fraction']:.0f}% | "
         f"{_mb(r['peak_memory_bytes'])} | {_gb(r.get('step_bytes_xla'))} | "
         f"{_mb(state)} | "

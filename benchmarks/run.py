@@ -42,8 +42,8 @@ def prefix_options(method: str, m: int) -> dict:
 
 def timed_round_robin(steps: list, repeats: int, kind: str,
                       floor=None) -> tuple:
-  """(median seconds per step, median ratio to steps[floor] or None) for
-  each of `steps`, timed in turns. Each timed call follows an untimed call of the
+  """(median seconds per step, [each round's ratio to steps[floor]] or
+  None) for each of `steps`, timed in turns. Each timed call follows an untimed call of the
   same step: the caches and the allocator a 10-second, 3 GB step leaves
   behind are not charged to the configuration timed after it
   (NTK-Attention's state is m-independent, yet timed right after P-Tuning
@@ -76,7 +76,7 @@ def timed_round_robin(steps: list, repeats: int, kind: str,
   medians = [float(np.median(x)) for x in times]
   if floor is None:
     return medians, None
-  return medians, [1.0 if i == floor else float(np.median(x))
+  return medians, [[1.0] * repeats if i == floor else x
                    for i, x in enumerate(ratios)]
 
 
@@ -96,15 +96,18 @@ def measure(sweep: str, model: str, configs: list, batch: int, length: int,
   # fewer, and no floor between them (no forward ratio is reported).
   forward, _ = timed_round_robin(steps, max(repeats - 1, 1), 'forward')
   model_flops = 4 * harness.matmul_params(cfg, frozen) * batch * length
-  for (method, options, m), s, t, f, ratio in zip(configs, steps, train,
-                                                 forward, ratios):
+  for (method, options, m), s, t, f, rounds in zip(configs, steps, train,
+                                                  forward, ratios):
     rows.append(dict(
         sweep=sweep, model=os.path.basename(model.rstrip('/')),
         method=method, prefix_length=m, options=options, batch=batch,
         seq_len=length, params=s.param_count, step_seconds=t,
         forward_seconds=f, examples_per_s=batch / t,
         tokens_per_s=batch * length / t, compile_seconds=s.compile_seconds,
-        ratio_to_frozen=ratio,  # median of ratios to adjacent floor steps
+        # median of the ratios to the adjacent floor steps, and each round's:
+        # their spread is the figure's noise on this machine
+        ratio_to_frozen=float(np.median(rounds)),
+        ratio_to_frozen_rounds=rounds,
         peak_memory_bytes=s.memory_bytes,
         forward_peak_memory_bytes=s.forward_memory_bytes,
         trainable_bytes=s.param_bytes, optimizer_bytes=s.opt_bytes,
