@@ -47,8 +47,13 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
                               head_dim))
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
   angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], -1)
+  # rotate_half, [-x2, x1], as a flip of the two halves: XLA:CPU copies a
+  # flip into each reader, but stored the concatenate once per layer when q
+  # had two readers (NTK-Attention's phi(q) beside the keys' matmul): 0.37 GB
+  # of SmolLM2's NTK-Attention step traffic (XLA's account, 8 x 128).
+  halves = x.astype(jnp.float32).reshape(x.shape[:-1] + (2, head_dim // 2))
+  rotated = (jnp.flip(halves, -2) * jnp.array([[-1.0], [1.0]])).reshape(
+      x.shape)
   return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
