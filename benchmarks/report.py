@@ -31,7 +31,8 @@ def methods_table(rows: list, model: str) -> str:
   r0 = rows[0]
   out = [f"### {model}: batch {r0['batch']} x {r0['seq_len']} tokens\n",
          '| method | trainable params | train step (s) | × frozen | '
-         '× frozen, each round | forward (s) | tokens/s | % of FLOP floor | XLA step memory (MiB) | '
+         '× frozen, each round | forward (s) | tokens/s | % of FLOP floor | '
+         'XLA step memory (MiB) | '
          'XLA step traffic (GB) | params + Adam (MiB) | '
          '(params + Adam) / params | compile (s) |',
          '|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|']

@@ -43,9 +43,9 @@ def prefix_options(method: str, m: int) -> dict:
 def timed_round_robin(steps: list, repeats: int, kind: str,
                       floor=None) -> tuple:
   """(median seconds per step, [each round's ratio to steps[floor]] or
-  None) for each of `steps`, timed in turns. Each timed call follows an untimed call of the
-  same step: the caches and the allocator a 10-second, 3 GB step leaves
-  behind are not charged to the configuration timed after it
+  None) for each of `steps`, timed in turns. Each timed call follows an
+  untimed call of the same step: the caches and the allocator a 10-second,
+  3 GB step leaves behind are not charged to the configuration timed after it
   (NTK-Attention's state is m-independent, yet timed right after P-Tuning
   v2 at m = 16,384 it read 1.33x frozen; timed warm, 0.98x). The floor is
   timed again before every other configuration, and each ratio divides by
