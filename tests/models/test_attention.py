@@ -103,6 +103,31 @@ def test_zero_init_ntk_has_finite_gradients():
   assert np.abs(grads['z']).sum() > 0
 
 
+@pytest.mark.parametrize('t', [5, 2])  # the training and decoding matmuls
+def test_ntk_gradients_equal_the_reference_derivative(t):
+  # d loss along a random direction of (q, Z, k): JAX's gradient against a
+  # central difference of the float64 loop reference.
+  q, k, v, mask, _, _, z, kk = _inputs(5, t=t)
+  mask = np.ones_like(mask)
+  w = np.random.RandomState(6).randn(*q.shape)
+  du = [np.random.RandomState(7 + i).randn(*a.shape)
+        for i, a in enumerate((q, z, kk))]
+
+  def loss(q, z, kk):
+    return jnp.sum(attention.attend(q, k, v, key_mask=mask, causal=True,
+                                    ntk=NtkState(z=z, k=kk)) * w)
+
+  grads = jax.grad(loss, argnums=(0, 1, 2))(q, z, kk)
+  along = sum(float(np.sum(np.asarray(g, np.float64) * u))
+              for g, u in zip(grads, du))
+  eps = 1e-5
+  ref = lambda s: np.sum(w * reference.attention(
+      q + s * du[0], k, v, mask, True, ntk_z=z + s * du[1],
+      ntk_k=kk + s * du[2]))
+  np.testing.assert_allclose(along, (ref(eps) - ref(-eps)) / (2 * eps),
+                             rtol=1e-4)
+
+
 # Compiled: one small program per drawn shape is quicker than dispatching
 # the unfused ops one by one.
 _jit_attend = jax.jit(
