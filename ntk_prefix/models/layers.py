@@ -48,10 +48,10 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
   # cos and sin at half width, then doubled: XLA:CPU evaluates them once per
   # call. Taken after the doubling, they were fused into every reader of q
-  # and k and evaluated per head and element as scalar calls (SmolLM2: a
-  # third of NTK-Attention's extra forward time, and the frozen model's).
-  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
-  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+  # and k and evaluated per head and element as scalar calls (SmolLM2's
+  # phi(q) fusion: 153 -> 11 ms a forward).
+  cos, sin = (jnp.concatenate([f(angles)] * 2, -1)[:, :, None, :]
+              for f in (jnp.cos, jnp.sin))
   # rotate_half as a concatenate: a flip here (reverse) kept XLA:CPU from
   # vectorising the fusions that read it, exp in phi(q) included (15x slower).
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
