@@ -91,6 +91,36 @@ def test_bfloat16_stays_finite_and_close():
   np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize('per_row_prefix', [False, True])
+def test_bfloat16_chunked_prefix_trains_like_float32(per_row_prefix):
+  """bf16 operands through the chunked prefix, forward and backward, run
+  (the shared prefix's gradient once failed at run time on XLA:CPU, see
+  tests/models/test_precision.py), within bf16 rounding of float32."""
+  q, k, v, mask, _, _, _, _ = _inputs(6)
+  rng = np.random.RandomState(7)
+  pb = q.shape[0] if per_row_prefix else 1
+  pk, pv = (rng.randn(pb, 20, k.shape[2], k.shape[3]).astype(np.float32)
+            for _ in range(2))
+  w = rng.randn(*q.shape).astype(np.float32)
+
+  def loss(q, pk, pv):
+    out = attention.attend(q, k.astype(q.dtype), v.astype(q.dtype),
+                           key_mask=mask, causal=True, prefix_k=pk,
+                           prefix_v=pv, prefix_chunk=8)
+    return jnp.sum(out.astype(jnp.float32) * w)
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  value, grads = grad(q, pk, pv)
+  bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+  value16, grads16 = grad(bf(q), bf(pk), bf(pv))
+  assert abs(float(value16) - float(value)) <= 1e-3 * float(jnp.sum(
+      jnp.abs(w)))
+  for g16, g in zip(grads16, grads):
+    assert g16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g16, np.float32), g,
+                               atol=0.02 * float(jnp.abs(g).max()))
+
+
 def test_zero_init_ntk_has_finite_gradients():
   q, k, v, mask, _, _, z, kk = _inputs(4)
 
