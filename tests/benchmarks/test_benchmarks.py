@@ -2,6 +2,7 @@
 asserted: speed is measured by the script, not by tests)."""
 import json
 import os
+import re
 
 import pytest
 
@@ -141,3 +142,22 @@ def test_precision_benchmark_prints_every_kind(tmp_path):
   assert steps == []
   text = (tmp_path / 'precision.md').read_text()
   assert '| 16 x 24 x 32 |' in text and 'bf16 instructions' in text
+
+
+def test_profile_names_the_kernels_a_method_adds(hf_checkpoint, capsys):
+  """NTK-Attention's own kernels (its state's einsum) appear only on its
+  side of the profile, each kernel under the model code that made it."""
+  from benchmarks import profile
+  decoder, _ = hf_checkpoint('llama')
+  times = profile.main([f'--model={decoder}', '--batch=2', '--seq_len=8',
+                        '--steps=1', '--top=200'])
+  frozen, ntk = times['frozen'], times['ntk_attention']
+  assert sum(frozen.values()) > 0
+  # phi(q) times the state (b: one copy per row, as training builds it).
+  state_rows = [k for k in ntk if re.search(r'bhgqr,b?hgrd->bhgqd', k[1])]
+  assert state_rows and not [k for k in frozen if k in state_rows]
+  # Layers fold into one row; most kernel time is named by its op.
+  assert not [op for _, op in ntk if re.search(r'layer_\d', op)]
+  named = sum(t for (_, op), t in ntk.items() if op != '(no metadata)')
+  assert named > 0.5 * sum(ntk.values())
+  assert 'ntk_attention (ms)' in capsys.readouterr().out
