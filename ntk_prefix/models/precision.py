@@ -43,9 +43,11 @@ def _contract(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   """
   operands, out = spec.split('->')
   sa, sb = operands.split(',')
-  if sorted(set(sa) ^ set(sb)) != sorted(set(out) - (set(sa) & set(sb))):
+  if (sorted(set(sa) ^ set(sb)) != sorted(set(out) - (set(sa) & set(sb)))
+      or any(len(set(s)) != len(s) for s in (sa, sb, out))):
     raise ValueError(f'einsum spec {spec!r}: every index must be in both '
-                     'operands or in one operand and the output')
+                     'operands or in one operand and the output, once each '
+                     '(a matmul); use jnp.einsum for anything else')
   batch = [x for x in out if x in sa and x in sb]
   summed = [x for x in sa if x in sb and x not in out]
 
