@@ -123,3 +123,30 @@ def test_bf16_forward_is_close_to_float32(hf_checkpoint, name):
   err = np.abs(np.asarray(out, np.float32) - np.asarray(ref))
   # bf16 keeps 8 bits of mantissa: relative error ~ 2**-8 per rounding.
   assert err.max() <= 0.05 * np.abs(np.asarray(ref)).max()
+
+
+@pytest.mark.parametrize('name', ['prefix_tuning', 'p_tuning_v2'])
+def test_bf16_train_step_runs_with_a_chunked_prefix(hf_checkpoint, name):
+  """A prefix longer than PREFIX_CHUNK under the bf16 policy, compiled and
+  run, gradients finite: Prefix-Tuning at m = 256 once failed here at run
+  time on XLA:CPU (a bf16 x bf16 -> float32 dot it has no kernel for), which
+  lowering alone does not show."""
+  from ntk_prefix.models import attention
+  path, _ = hf_checkpoint('llama')
+  cfg, frozen, _ = checkpoints.load(path)
+  m = attention.PREFIX_CHUNK + 5
+  method = methods.get(name, cfg, methods.prefix_length_options(name, m))
+  params = method.init(jax.random.PRNGKey(0), frozen)
+  frozen = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), frozen)
+  ids, mask = text_batch(cfg.vocab_size)
+  batch = {'input_ids': ids, 'attention_mask': mask}
+
+  def loss(p):
+    out = models.apply(cfg, frozen, p, batch, adapter=method)
+    return jnp.mean(out['logits'].astype(jnp.float32) ** 2)
+
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  assert np.isfinite(float(value))
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert max(float(jnp.abs(g).max()) for g in leaves) > 0
