@@ -28,12 +28,11 @@ _SKIP = re.compile(r'Thunk|Await|^\$')  # executor bookkeeping, not kernels
 
 
 def op_names(hlo_text: str) -> dict:
-  """HLO instruction name -> (op name with layer_N, result type)."""
+  """HLO instruction name -> the jax op that made it, layers as layer_N."""
   names = {}
-  for m in re.finditer(r'%([\w.\-]+) = (\S+?)[{ ].*?op_name="([^"]+)"',
-                       hlo_text):
-    op = re.sub(r'layer_\d+', 'layer_N', m.group(3))
-    names[m.group(1)] = (re.sub(r'^jit\(\w+\)/', '', op), m.group(2))
+  for m in re.finditer(r'%([\w.\-]+) = .*?op_name="([^"]+)"', hlo_text):
+    op = re.sub(r'layer_\d+', 'layer_N', m.group(2))
+    names[m.group(1)] = re.sub(r'^jit\(\w+\)/', '', op)
   return names
 
 
@@ -58,7 +57,7 @@ def kernel_seconds(step, forward: bool, steps: int) -> collections.Counter:
           if _SKIP.search(event.name):
             continue
           name = event.name.removeprefix('end: ')  # a kernel's tail
-          op, _ = names.get(name, ('(no metadata)', ''))
+          op = names.get(name, '(no metadata)')
           kind = re.sub(r'(\.\d+)+$', '', name)
           rows[(kind, op)] += event.duration_ns * 1e-9 / steps
   return rows
