@@ -55,12 +55,14 @@ def _contract(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return batch + [i for i in sx if i not in sy] + [i for i in sy
                                                      if i not in sx]
 
-  orders = [(sa, a, sb, b), (sb, b, sa, a)]
-  orders.sort(key=lambda o: (
-      natural(o[0], o[2]) != list(out),
-      sorted(o[0][len(o[0]) - len(summed):]) != sorted(summed),
-      natural(o[0], o[2])[-1:] != list(out[-1:])))
-  sx, x, sy, y = orders[0]
+  def rank(candidate):  # lower is better; min keeps (a, b) on ties
+    sx, _, sy, _ = candidate
+    produced = natural(sx, sy)
+    return (produced != list(out),
+            sorted(sx[len(sx) - len(summed):]) != sorted(summed),
+            produced[-1:] != list(out[-1:]))
+
+  sx, x, sy, y = min([(sa, a, sb, b), (sb, b, sa, a)], key=rank)
   dims = ((tuple(map(sx.index, summed)), tuple(map(sy.index, summed))),
           (tuple(map(sx.index, batch)), tuple(map(sy.index, batch))))
   result = jax.lax.dot_general(x, y, dims, preferred_element_type=F32)
