@@ -86,7 +86,8 @@ SEARCH_KEY = 'optimizer.lr'
 SEARCH_RULE = (
     'extended outward (next rate on the 1-3-10 ladder) while the best '
     f'held-out score sits at an end, by at most {MAX_EXTRA_POINTS} points; '
-    'a choice still at an end is marked (edge)')
+    'a choice still at an end when the cap is reached is flagged as at '
+    'the edge in its chosen column')
 
 
 def precision_note(c) -> str:

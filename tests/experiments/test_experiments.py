@@ -550,3 +550,22 @@ def test_prefix_length_command_on_a_decoder(hf_checkpoint, tmp_path, command,
   for comp in results['compressed']:
     assert 0.0 <= comp['runs'][0]['scores']['bleu'] <= 1.0
   assert (out / 'prefix_length.png').stat().st_size > 10000
+
+
+def test_edge_marks_only_choices_at_the_cap():
+  """`(edge)` (and the retired grid marks) appear in a committed table only
+  in a row whose chosen rate is still at an end of what was searched, never
+  in prose: a reader greps a table for it to find the choices to distrust."""
+  root = os.path.join(REPO, 'experiments', 'results')
+  for name in os.listdir(root):
+    path = os.path.join(root, name, 'table.md')
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      for line in f:
+        marked = [c for c in line.split('|')
+                  if any(m in c for m in ('(edge)', 'grid top', 'grid bottom'))]
+        if marked:
+          assert line.startswith('|'), (name, line[:120])
+          assert all(c.strip().startswith('lr=') for c in marked), (
+              name, line[:120])
