@@ -55,6 +55,15 @@ def load_model(name: str):
   return cfg, jax.tree.map(jnp.asarray, frozen)
 
 
+def as_dtype(frozen_params, dtype: str):
+  """The frozen tree as training holds it under `model.dtype`
+  (steps.place_frozen): every floating-point leaf in `dtype`."""
+  d = jnp.dtype(dtype)
+  return jax.tree.map(
+      lambda x: x.astype(d) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      frozen_params)
+
+
 def make_batch(cfg, batch: int, length: int, seed: int = 0) -> dict:
   """Random token ids, every position real (no padding)."""
   rng = np.random.default_rng(seed)

@@ -3,6 +3,13 @@
 Only imported by the benchmark (the `bench` extra); the package never imports
 torch. transformers loads the same GGUF file and dequantizes it to float32,
 so both sides train the same weights on the same token ids.
+
+Two precisions. float32: both sides in float32. bfloat16: ours as the tables
+train (`model.dtype=bfloat16`: bf16 frozen weights, float32 accumulation and
+method state); PEFT in each bf16 mode PyTorch offers for training, the base
+model's weights in bf16 (PEFT keeps the adapter in float32) and float32
+weights under `torch.autocast(bfloat16)`, timed in the same rounds; the
+faster is the peer, and both times are recorded.
 """
 import copy
 import os
@@ -22,8 +29,14 @@ PAIRS = {n: cls.peft_peer[:2] for n, cls in methods.REGISTRY.items()
 OURS = {n: cls.peft_peer[2] for n, cls in methods.REGISTRY.items()
         if cls.peft_peer}
 
+PRECISIONS = ('float32', 'bfloat16')
+# PEFT's ways to train at each precision: (mode, base weights, autocast).
+PEFT_MODES = {'float32': (('float32', 'float32', False),),
+              'bfloat16': (('bf16 weights', 'bfloat16', False),
+                           ('bf16 autocast', 'float32', True))}
 
-def instruction_batch(gguf_path: str, batch: int, length: int):
+
+def instruction_batch(path: str, batch: int, length: int):
   """(ours, theirs): real E2E rows (prompt + answer, loss on the answer
   only) for both sides, or None where the E2E files are not at hand.
 
@@ -34,7 +47,7 @@ def instruction_batch(gguf_path: str, batch: int, length: int):
   """
   from ntk_prefix import checkpoints, config as config_lib
   from ntk_prefix.data import pipeline
-  tokenizer = checkpoints.load_tokenizer(gguf_path)
+  tokenizer = checkpoints.load_tokenizer(path)
   try:
     ds = pipeline.load('e2e_nlg', f'train[:{4 * batch}]', tokenizer,
                        manual_dir=config_lib.default_manual_dir(),
@@ -64,20 +77,23 @@ def instruction_batch(gguf_path: str, batch: int, length: int):
   return ours, theirs
 
 
-def load_base(gguf_path: str):
+def load_base(path: str):
+  """The float32 transformers model of a GGUF file or a checkpoint folder."""
   import torch
   from transformers import AutoModelForCausalLM
   torch.set_num_threads(os.cpu_count())
+  if os.path.isdir(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
   return AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
+      os.path.dirname(path), gguf_file=os.path.basename(path),
       dtype=torch.float32)
 
 
 class PeftStep:
-  """One PEFT training step: forward with labels, backward, AdamW update."""
+  """One PEFT training step: forward with labels, backward, Adam update."""
 
   def __init__(self, base_model, method: str, batch: dict,
-               instruction: bool = False):
+               instruction: bool = False, autocast: bool = False):
     import peft
     import torch
     kind, kwargs = PAIRS[method]
@@ -92,6 +108,7 @@ class PeftStep:
     self.opt = torch.optim.Adam(self.params, lr=1e-4)
     self.ids = torch.from_numpy(np.asarray(batch['input_ids'], np.int64))
     self.instruction = instruction
+    self.autocast = autocast
     self.lora = kind == 'LORA'
     if instruction:
       self.mask = torch.from_numpy(np.asarray(batch['attention_mask'],
@@ -107,6 +124,11 @@ class PeftStep:
       self.mask = torch.ones_like(self.ids)
 
   def loss(self):
+    import torch
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+      return self._loss()
+
+  def _loss(self):
     import torch
     if not self.instruction:
       return self.model(input_ids=self.ids, attention_mask=self.mask,
@@ -134,11 +156,18 @@ class PeftStep:
     return self.model.unload()
 
 
+def _median(times: list) -> float:
+  return float(np.median(times))
+
+
 def sweep_peer(model: str, batch: int, length: int, repeats: int,
-               rate: float) -> list:
+               rates: dict, precisions=PRECISIONS, methods=tuple(PAIRS)
+               ) -> list:
   """Ours and PEFT's step for the same method, alternating step by step and
   back to back, on two batches: every token carries loss ('all_tokens'),
-  and real E2E rows with loss on the answer only ('instruction')."""
+  and real E2E rows with loss on the answer only ('instruction'); at each
+  of `precisions` (rates: the matmul rate of each, for the FLOP floor)."""
+  import torch
   cfg, frozen = harness.load_model(model)
   batches = {'all_tokens': (harness.make_batch(cfg, batch, length),) * 2}
   instruction = instruction_batch(resolve(model), batch, length)
@@ -147,45 +176,58 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
   base = load_base(resolve(model))
   rows = []
   repeats = max(repeats, 5)  # medians of at least 5 timed steps per side
-  for kind, (ours_batch, peft_batch) in batches.items():
-    tokens = ours_batch['input_ids'].size
-    model_flops = 4 * harness.matmul_params(cfg, frozen) * tokens
-    for method in PAIRS:
-      ours = harness.Step(cfg, frozen, method, OURS[method], ours_batch,
-                          lm=True)
-      theirs = PeftStep(copy.deepcopy(base), method, peft_batch,
-                        instruction=kind == 'instruction')
-      times = {'ours': [], 'peft': []}
-      for r in range(repeats + 1):  # alternating: the figures reported
-        t_ours, t_peft = ours.run_train(), theirs.run_train()
-        if r:
-          times['ours'].append(t_ours)
-          times['peft'].append(t_peft)
-      # Back to back as well: on this machine a torch step slows the JAX
-      # step that follows it (benchmarks/README.md): both views recorded.
-      block = {'ours': [ours.run_train() for _ in range(repeats)],
-               'peft': [theirs.run_train() for _ in range(repeats)]}
-      t_ours, t_peft = (float(np.median(times[k])) for k in ('ours', 'peft'))
-      b_ours, b_peft = (float(np.median(block[k])) for k in ('ours', 'peft'))
-      common = dict(sweep='peer', peer_batch=kind,
-                    model=os.path.basename(model), method=method,
-                    prefix_length=OURS[method].get('length', 0),
-                    batch=batch, seq_len=ours_batch['input_ids'].shape[1],
-                    model_flops=model_flops)
-      rows.append(dict(common, params=ours.param_count, step_seconds=t_ours,
-                       ratio_to_peer=t_ours / t_peft,
-                       step_seconds_back_to_back=b_ours,
-                       ratio_to_peer_back_to_back=b_ours / b_peft,
-                       peak_memory_bytes=ours.memory_bytes,
-                       floor_fraction=model_flops / rate / t_ours))
-      rows.append(dict(common, peer='peft', params=theirs.param_count,
-                       step_seconds=t_peft, ratio_to_peer=t_ours / t_peft,
-                       step_seconds_back_to_back=b_peft,
-                       ratio_to_peer_back_to_back=b_ours / b_peft,
-                       peak_memory_bytes=None,
-                       floor_fraction=model_flops / rate / t_peft))
-      print(f'  {kind:11s} {method:14s} ours {t_ours:6.3f} s  peft '
-            f'{t_peft:6.3f} s  ours/peft {t_ours / t_peft:5.2f} alternating,'
-            f' {b_ours / b_peft:5.2f} back to back', flush=True)
-      del ours, theirs
+  for precision in precisions:
+    weights = harness.as_dtype(frozen, precision)
+    for kind, (ours_batch, peft_batch) in batches.items():
+      tokens = ours_batch['input_ids'].size
+      model_flops = 4 * harness.matmul_params(cfg, frozen) * tokens
+      for method in methods:
+        ours = harness.Step(cfg, weights, method, OURS[method], ours_batch,
+                            lm=True)
+        theirs = {mode: PeftStep(
+            copy.deepcopy(base).to(getattr(torch, dtype)), method,
+            peft_batch, instruction=kind == 'instruction', autocast=autocast)
+                  for mode, dtype, autocast in PEFT_MODES[precision]}
+        times = {'ours': [], **{mode: [] for mode in theirs}}
+        for r in range(repeats + 1):  # alternating: the figures reported
+          step = {'ours': ours.run_train(),
+                  **{mode: s.run_train() for mode, s in theirs.items()}}
+          if r:
+            for k, t in step.items():
+              times[k].append(t)
+        # Back to back as well: on this machine a torch step slows the JAX
+        # step that follows it (benchmarks/README.md): both views recorded.
+        block = {'ours': [ours.run_train() for _ in range(repeats)],
+                 **{mode: [s.run_train() for _ in range(repeats)]
+                    for mode, s in theirs.items()}}
+        # PEFT's faster mode at this precision is the peer.
+        mode = min(theirs, key=lambda m: _median(times[m]))
+        t_ours, t_peft = _median(times['ours']), _median(times[mode])
+        b_ours, b_peft = _median(block['ours']), _median(block[mode])
+        common = dict(sweep='peer', peer_batch=kind, precision=precision,
+                      model=os.path.basename(model), method=method,
+                      prefix_length=OURS[method].get('length', 0),
+                      batch=batch, seq_len=ours_batch['input_ids'].shape[1],
+                      model_flops=model_flops, floor_rate=rates[precision])
+        floor = model_flops / rates[precision]
+        rows.append(dict(common, params=ours.param_count,
+                         step_seconds=t_ours, ratio_to_peer=t_ours / t_peft,
+                         step_seconds_back_to_back=b_ours,
+                         ratio_to_peer_back_to_back=b_ours / b_peft,
+                         peak_memory_bytes=ours.memory_bytes,
+                         floor_fraction=floor / t_ours))
+        rows.append(dict(common, peer='peft', peft_mode=mode,
+                         peft_mode_seconds={m: _median(times[m])
+                                            for m in theirs},
+                         params=theirs[mode].param_count,
+                         step_seconds=t_peft, ratio_to_peer=t_ours / t_peft,
+                         step_seconds_back_to_back=b_peft,
+                         ratio_to_peer_back_to_back=b_ours / b_peft,
+                         peak_memory_bytes=None,
+                         floor_fraction=floor / t_peft))
+        print(f'  {precision:8s} {kind:11s} {method:14s} ours {t_ours:6.3f} s'
+              f'  peft ({mode}) {t_peft:6.3f} s  ours/peft '
+              f'{t_ours / t_peft:5.2f} alternating, {b_ours / b_peft:5.2f} '
+              'back to back', flush=True)
+        del ours, theirs
   return rows

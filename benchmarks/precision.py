@@ -46,8 +46,7 @@ def step_times(method: str, batch: int, length: int, repeats: int) -> dict:
   if pair is None:
     raise SystemExit('benchmarks.precision needs the E2E files (see Data in '
                      'README.md) for its instruction batch.')
-  frozen16 = jax.tree.map(
-      lambda x: x.astype(BF16) if x.dtype == F32 else x, frozen)
+  frozen16 = harness.as_dtype(frozen, 'bfloat16')
   steps = {name: harness.Step(cfg, params, method, {}, pair[0], lm=True)
            for name, params in (('float32', frozen), ('bfloat16', frozen16))}
   for s in steps.values():  # warm-up

@@ -76,35 +76,52 @@ def prefix_table(rows: list) -> str:
 
 
 def peer_table(rows: list) -> str:
-  ours = [r for r in rows if r['sweep'] == 'peer' and 'peer' not in r]
+  peer = [r for r in rows if r['sweep'] == 'peer']
+  ours = [r for r in peer if 'peer' not in r]
   if not ours:
     return ''
   out = []
   titles = {'all_tokens': 'every token carries loss',
             'instruction': 'real E2E rows, loss on the answer only (PEFT '
                            'with logits_to_keep)'}
-  for kind in dict.fromkeys(r.get('peer_batch', 'all_tokens') for r in ours):
-    group = [r for r in ours if r.get('peer_batch', 'all_tokens') == kind]
+  precisions = {'float32': 'float32 on both sides',
+                'bfloat16': 'bfloat16: ours bf16 weights with float32 '
+                            'accumulation; PEFT the faster of bf16 weights '
+                            'and autocast'}
+  # Rows from before the precision field were float32.
+  key = lambda r: (r.get('peer_batch', 'all_tokens'),
+                   r.get('precision', 'float32'))
+  for group_key in dict.fromkeys(key(r) for r in ours):
+    kind, precision = group_key
+    group = [r for r in ours if key(r) == group_key]
     r0 = group[0]
-    out += [f"### {r0['model']}, `{kind}`: batch {r0['batch']} x "
-            f"{r0['seq_len']} tokens, {titles.get(kind, kind)}; same weights "
-            'and token ids, alternating steps\n',
-            '| method | ours (s) | PEFT (s) | ours / PEFT | back to back: '
-            'ours (s) | PEFT (s) | ours / PEFT | ours params | PEFT params | '
-            'ours % of FLOP floor | PEFT % of FLOP floor |',
-            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    out += [f"### {r0['model']}, `{kind}`, {precision}: batch {r0['batch']} "
+            f"x {r0['seq_len']} tokens, {titles.get(kind, kind)}; "
+            f"{precisions.get(precision, precision)}; same weights and token "
+            'ids, alternating steps\n',
+            '| method | ours (s) | PEFT (s) | PEFT mode | ours / PEFT | back '
+            'to back: ours (s) | PEFT (s) | ours / PEFT | ours params | PEFT '
+            'params | ours % of FLOP floor | PEFT % of FLOP floor |',
+            '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in group:
-      p = next(x for x in rows if x['sweep'] == 'peer' and 'peer' in x and
-               x['method'] == r['method'] and
-               x.get('peer_batch', 'all_tokens') == kind)
+      p = next(x for x in peer if 'peer' in x and x['method'] == r['method']
+               and key(x) == group_key)
+      modes = p.get('peft_mode_seconds') or {}
+      mode = p.get('peft_mode', precision) + (
+          ' (' + ', '.join(f'{m} {t:.3f} s' for m, t in modes.items()) + ')'
+          if len(modes) > 1 else '')
       out.append(f"| {r['method']} | {r['step_seconds']:.3f} | "
-                 f"{p['step_seconds']:.3f} | {r['ratio_to_peer']:.2f} | "
+                 f"{p['step_seconds']:.3f} | {mode} | "
+                 f"{r['ratio_to_peer']:.2f} | "
                  f"{_r(r.get('step_seconds_back_to_back'), '{:.3f}')} | "
                  f"{_r(p.get('step_seconds_back_to_back'), '{:.3f}')} | "
                  f"{_r(r.get('ratio_to_peer_back_to_back'))} | "
                  f"{r['params']:,} | {p['params']:,} | "
                  f"{100 * r['floor_fraction']:.0f}% | "
                  f"{100 * p['floor_fraction']:.0f}% |")
+    if r0.get('floor_rate'):
+      out.append(f"\nFLOP floor at {r0['floor_rate'] / 1e9:.0f} GFLOP/s "
+                 f"({precision} matmul, 2048^3, this run).")
     out.append('')
   return '\n'.join(out)
 

@@ -19,6 +19,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import attention_cost, compile_time, decode_speed, harness
@@ -152,6 +153,8 @@ def main(argv=None):
   p.add_argument('--lengths', default='0,16,64,256,1024,4096,16384')
   p.add_argument('--prefix_batch', type=int, default=8)
   p.add_argument('--seq_len', type=int, default=128)
+  p.add_argument('--peer_precisions', default='float32,bfloat16',
+                 help='the peer sweep\'s precisions (benchmarks/peer.py)')
   p.add_argument('--full', action='store_true',
                  help='more repeats and m up to 65536 (for a big machine)')
   p.add_argument('--out', default='benchmarks/results')
@@ -196,7 +199,11 @@ def main(argv=None):
       rows += sweep_prefix_length(args.encoder, lengths, args.prefix_batch,
                                   args.seq_len, args.repeats, rate)
     elif name == 'peer':
-      rows += sweep_peer(args.decoder, 8, args.seq_len, args.repeats, rate)
+      # bfloat16 rows' FLOP floor: the bf16 x bf16 -> float32 rate.
+      rates = {'float32': rate, 'bfloat16': harness.matmul_rate(
+          dtype=jnp.bfloat16, result=jnp.float32)}
+      rows += sweep_peer(args.decoder, 8, args.seq_len, args.repeats, rates,
+                         args.peer_precisions.split(','))
     elif name == 'mixed':
       rows += sweep_mixed(args.encoder, 4, 8, args.seq_len, args.repeats)
     else:

@@ -161,3 +161,37 @@ def test_profile_names_the_kernels_a_method_adds(hf_checkpoint, capsys):
   named = sum(t for (_, op), t in ntk.items() if op != '(no metadata)')
   assert named > 0.5 * sum(ntk.values())
   assert 'ntk_attention (ms)' in capsys.readouterr().out
+
+
+def test_peer_sweep_at_both_precisions(hf_checkpoint):
+  """At bfloat16 PEFT is timed in both of its modes and the faster is the
+  peer; ours trains in bf16 weights as the tables do; every group renders."""
+  pytest.importorskip('peft')
+  import jax.numpy as jnp
+  from benchmarks import peer, report
+  from ntk_prefix import checkpoints
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
+  checkpoints.load_tokenizer(
+      checkpoints.default_decoder_path()).save_pretrained(path)
+  rows = peer.sweep_peer(path, 2, 96, 1, {'float32': 1e9, 'bfloat16': 4e9},
+                         methods=('lora',))
+  groups = {(r['peer_batch'], r['precision']) for r in rows}
+  assert groups == {(k, p) for k in ('all_tokens', 'instruction')
+                    for p in peer.PRECISIONS}
+  for kind, precision in groups:
+    ours, theirs = [r for r in rows if (r['peer_batch'], r['precision']) ==
+                    (kind, precision)]
+    assert 'peer' not in ours and theirs['peer'] == 'peft'
+    modes = theirs['peft_mode_seconds']
+    assert set(modes) == {m for m, _, _ in peer.PEFT_MODES[precision]}
+    assert theirs['step_seconds'] == min(modes.values()) == modes[
+        theirs['peft_mode']]
+    assert ours['ratio_to_peer'] == pytest.approx(
+        ours['step_seconds'] / theirs['step_seconds'])
+    assert ours['floor_rate'] == {'float32': 1e9, 'bfloat16': 4e9}[precision]
+  text = report.peer_table(rows)
+  assert text.count('### ') == 4 and '`instruction`, bfloat16' in text
+  assert 'bf16 autocast' in text and 'bf16 weights' in text
+  frozen = {'w': jnp.ones(2), 'i': jnp.ones(2, jnp.int32)}
+  cast = harness.as_dtype(frozen, 'bfloat16')
+  assert cast['w'].dtype == jnp.bfloat16 and cast['i'].dtype == jnp.int32
