@@ -26,7 +26,7 @@ from benchmarks import attention_cost, compile_time, decode_speed, harness
 from benchmarks import precision
 from benchmarks import report
 from benchmarks.mixed import sweep_mixed
-from benchmarks.peer import sweep_peer
+from benchmarks.peer import PRECISIONS as PEER_PRECISIONS, sweep_peer
 from ntk_prefix import methods, provenance
 
 METHODS = methods.ADAPTING  # every registered method but 'none'
@@ -163,6 +163,12 @@ def main(argv=None):
     args.repeats = max(args.repeats, 10)
     args.lengths += ',65536'
   sweeps = args.sweeps.split(',')
+  peer_precisions = args.peer_precisions.split(',')
+  unknown = sorted(set(peer_precisions) - set(PEER_PRECISIONS))
+  if unknown:
+    raise SystemExit(f'--peer_precisions: {",".join(unknown)} is not a '
+                     f'precision; use a comma-separated subset of '
+                     f'{",".join(PEER_PRECISIONS)}.')
   rate = harness.matmul_rate()
   print(f'{provenance.device()}: float32 matmul '
         f'{rate / 1e9:.0f} GFLOP/s (2048x2048)', flush=True)
@@ -203,7 +209,7 @@ def main(argv=None):
       rates = {'float32': rate, 'bfloat16': harness.matmul_rate(
           dtype=jnp.bfloat16, result=jnp.float32)}
       rows += sweep_peer(args.decoder, 8, args.seq_len, args.repeats, rates,
-                         args.peer_precisions.split(','))
+                         peer_precisions)
     elif name == 'mixed':
       rows += sweep_mixed(args.encoder, 4, 8, args.seq_len, args.repeats)
     else:

@@ -195,3 +195,11 @@ def test_peer_sweep_at_both_precisions(hf_checkpoint):
   frozen = {'w': jnp.ones(2), 'i': jnp.ones(2, jnp.int32)}
   cast = harness.as_dtype(frozen, 'bfloat16')
   assert cast['w'].dtype == jnp.bfloat16 and cast['i'].dtype == jnp.int32
+
+
+def test_unknown_peer_precision_is_refused_before_any_work(tmp_path):
+  with pytest.raises(SystemExit, match=r'--peer_precisions: fp16 .*float32,'
+                     r'bfloat16'):
+    run.main(['--sweeps=peer', '--peer_precisions=float32,fp16',
+              f'--out={tmp_path}'])
+  assert not list(tmp_path.iterdir())
