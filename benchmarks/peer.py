@@ -29,11 +29,11 @@ PAIRS = {n: cls.peft_peer[:2] for n, cls in methods.REGISTRY.items()
 OURS = {n: cls.peft_peer[2] for n, cls in methods.REGISTRY.items()
         if cls.peft_peer}
 
-PRECISIONS = ('float32', 'bfloat16')
 # PEFT's ways to train at each precision: (mode, base weights, autocast).
 PEFT_MODES = {'float32': (('float32', 'float32', False),),
               'bfloat16': (('bf16 weights', 'bfloat16', False),
                            ('bf16 autocast', 'float32', True))}
+PRECISIONS = tuple(PEFT_MODES)
 
 
 def instruction_batch(path: str, batch: int, length: int):

@@ -84,10 +84,10 @@ def peer_table(rows: list) -> str:
   titles = {'all_tokens': 'every token carries loss',
             'instruction': 'real E2E rows, loss on the answer only (PEFT '
                            'with logits_to_keep)'}
+  # PEFT's modes and their times are in each row's `PEFT mode` cell.
   precisions = {'float32': 'float32 on both sides',
-                'bfloat16': 'bfloat16: ours bf16 weights with float32 '
-                            'accumulation; PEFT the faster of bf16 weights '
-                            'and autocast'}
+                'bfloat16': 'ours bf16 weights with float32 accumulation, '
+                            'PEFT its faster bf16 mode'}
   # Rows from before the precision field were float32.
   key = lambda r: (r.get('peer_batch', 'all_tokens'),
                    r.get('precision', 'float32'))

@@ -206,8 +206,8 @@ def main(argv=None):
                                   args.seq_len, args.repeats, rate)
     elif name == 'peer':
       # bfloat16 rows' FLOP floor: the bf16 x bf16 -> float32 rate.
-      rates = {'float32': rate, 'bfloat16': harness.matmul_rate(
-          dtype=jnp.bfloat16, result=jnp.float32)}
+      rates = {p: rate if p == 'float32' else harness.matmul_rate(
+          dtype=jnp.bfloat16, result=jnp.float32) for p in peer_precisions}
       rows += sweep_peer(args.decoder, 8, args.seq_len, args.repeats, rates,
                          peer_precisions)
     elif name == 'mixed':
