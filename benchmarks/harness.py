@@ -91,8 +91,8 @@ def loss_fn(cfg, adapter, lm: bool):
   (train.py's loss: the LM head on those rows alone)."""
   def loss(trainable, frozen_params, batch):
     method_params = trainable['method']
-    inputs = {'input_ids': batch['input_ids'],
-              'attention_mask': batch['attention_mask']}
+    inputs = {k: batch[k] for k in ('input_ids', 'attention_mask',
+                                    'segment_ids') if k in batch}
     gathered = lm and 'loss_positions' in batch
     out = models.apply(cfg, frozen_params, method_params, inputs,
                        adapter=adapter, lm_logits=lm and not gathered)

@@ -36,14 +36,20 @@ PEFT_MODES = {'float32': (('float32', 'float32', False),),
 PRECISIONS = tuple(PEFT_MODES)
 
 
-def instruction_batch(path: str, batch: int, length: int):
+def instruction_batch(path: str, batch: int, length: int,
+                      pack: bool = True):
   """(ours, theirs): real E2E rows (prompt + answer, loss on the answer
   only) for both sides, or None where the E2E files are not at hand.
 
-  Ours is the training pipeline's batch: right-padded, the answer positions
-  gathered before the LM head. Theirs holds the same tokens left-padded, so
-  every answer ends at the end and `logits_to_keep` (the best transformers
-  offers here) computes the head on the last `keep` positions only.
+  Ours is the training pipeline's batch under `task.pack=True` (`pack`;
+  else one example per row, right-padded, as the tables train): the rows'
+  examples end to end in as few rows as hold them (data/packing.py), the
+  answer positions gathered before the LM head. Theirs holds the same
+  examples one per row, left-padded to the longest (the padding of
+  transformers' collators; PEFT has no packed mode on a CPU, its
+  padding-free collator needs flash attention), so every answer ends at the
+  end and `logits_to_keep` (the best transformers offers here) computes the
+  head on the last `keep` positions only.
   """
   from ntk_prefix import checkpoints, config as config_lib
   from ntk_prefix.data import pipeline
@@ -57,17 +63,15 @@ def instruction_batch(path: str, batch: int, length: int):
   except FileNotFoundError as e:
     print(f'  no instruction batch: {e}', flush=True)
     return None
-  ours = pipeline.train_batch(ds, 0, batch, seed=0)
-  ids, mask, loss = (ours[k] for k in ('input_ids', 'attention_mask',
-                                       'loss_mask'))
-  width = ids.shape[1]
-  left = {k: np.zeros_like(ids) for k in ('input_ids', 'attention_mask',
-                                          'loss_mask')}
-  for i in range(batch):
-    n = int(mask[i].sum())
-    for k, v in (('input_ids', ids), ('attention_mask', mask),
-                 ('loss_mask', loss)):
-      left[k][i, width - n:] = v[i, :n]
+  ours = pipeline.train_batch(ds, 0, batch, seed=0, pack=pack)
+  plain = pipeline.train_batch(ds, 0, batch, seed=0)
+  lengths = plain['attention_mask'].sum(1)
+  width = int(lengths.max())
+  left = {k: np.zeros((batch, width), np.int32) for k in (
+      'input_ids', 'attention_mask', 'loss_mask')}
+  for i, n in enumerate(lengths):
+    for k in left:
+      left[k][i, width - n:] = plain[k][i, :n]
   # The head runs where a prediction has loss: the answers' tokens.
   keep = int((width - np.argmax(left['loss_mask'], axis=1)).max()) + 1
   theirs = dict(left, keep=min(keep, width),
@@ -179,7 +183,8 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
   for precision in precisions:
     weights = harness.as_dtype(frozen, precision)
     for kind, (ours_batch, peft_batch) in batches.items():
-      tokens = ours_batch['input_ids'].size
+      # The floor is the real tokens' work: padding is work a side chose.
+      tokens = int(np.sum(peft_batch['attention_mask']))
       model_flops = 4 * harness.matmul_params(cfg, frozen) * tokens
       for method in methods:
         ours = harness.Step(cfg, weights, method, OURS[method], ours_batch,
@@ -208,15 +213,18 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
                       model=os.path.basename(model), method=method,
                       prefix_length=OURS[method].get('length', 0),
                       batch=batch, seq_len=ours_batch['input_ids'].shape[1],
-                      model_flops=model_flops, floor_rate=rates[precision])
+                      tokens=tokens, model_flops=model_flops,
+                      floor_rate=rates[precision])
         floor = model_flops / rates[precision]
         rows.append(dict(common, params=ours.param_count,
+                         shape=list(ours_batch['input_ids'].shape),
                          step_seconds=t_ours, ratio_to_peer=t_ours / t_peft,
                          step_seconds_back_to_back=b_ours,
                          ratio_to_peer_back_to_back=b_ours / b_peft,
                          peak_memory_bytes=ours.memory_bytes,
                          floor_fraction=floor / t_ours))
         rows.append(dict(common, peer='peft', peft_mode=mode,
+                         shape=list(np.shape(peft_batch['input_ids'])),
                          peft_mode_seconds={m: _median(times[m])
                                             for m in theirs},
                          params=theirs[mode].param_count,

@@ -95,8 +95,14 @@ def peer_table(rows: list) -> str:
     kind, precision = group_key
     group = [r for r in ours if key(r) == group_key]
     r0 = group[0]
-    out += [f"### {r0['model']}, `{kind}`, {precision}: batch {r0['batch']} "
-            f"x {r0['seq_len']} tokens, {titles.get(kind, kind)}; "
+    p0 = next(x for x in peer if 'peer' in x and key(x) == group_key)
+    size = f"batch {r0['batch']} x {r0['seq_len']} tokens"
+    if 'shape' in r0 and r0['shape'] != p0['shape']:  # packed: own layouts
+      size = (f"batch {r0['batch']} ({r0['tokens']:,} real tokens): ours "
+              f"{r0['shape'][0]} packed rows x {r0['shape'][1]}, PEFT "
+              f"{p0['shape'][0]} x {p0['shape'][1]} padded to the longest")
+    out += [f"### {r0['model']}, `{kind}`, {precision}: {size}, "
+            f"{titles.get(kind, kind)}; "
             f"{precisions.get(precision, precision)}; same weights and token "
             'ids, alternating steps\n',
             '| method | ours (s) | PEFT (s) | PEFT mode | ours / PEFT | back '

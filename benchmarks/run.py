@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import attention_cost, compile_time, decode_speed, harness
-from benchmarks import precision
+from benchmarks import packing, precision
 from benchmarks import report
 from benchmarks.mixed import sweep_mixed
 from benchmarks.peer import PRECISIONS as PEER_PRECISIONS, sweep_peer
@@ -146,7 +146,9 @@ def main(argv=None):
                  ', compile_time.md), decode (greedy decoding speed per '
                  'method: benchmarks/decode_speed.py, decode_speed.md) and '
                  'precision (float32 against bfloat16 matmuls and train '
-                 'steps: benchmarks/precision.py, precision.md)')
+                 'steps: benchmarks/precision.py, precision.md) and packing '
+                 '(real E2E train steps, packed rows against one example per '
+                 'row: benchmarks/packing.py, packing.md)')
   p.add_argument('--encoder', default='minilm')
   p.add_argument('--decoder', default='smollm2')
   p.add_argument('--repeats', type=int, default=3)
@@ -196,6 +198,9 @@ def main(argv=None):
     if name == 'precision':  # its own table: float32 against bfloat16
       precision.main([f'--out={args.out}'])
       continue
+    if name == 'packing':  # its own table: packed against one per row
+      packing.main([f'--seq_len={args.seq_len}', f'--out={args.out}'])
+      continue
     rows = [r for r in rows if r['sweep'] != name]
     if name == 'methods':
       rows += sweep_methods(args.encoder, 32, args.seq_len, args.repeats, rate)
@@ -215,7 +220,7 @@ def main(argv=None):
     else:
       raise SystemExit(f'--sweeps: {name!r} is not a sweep; known: methods, '
                        'prefix_length, peer, mixed, attention, compile, '
-                       'decode, precision.')
+                       'decode, precision, packing.')
     stamp = dict(command=command, commit=provenance.git_commit(('benchmarks/results',)),
                  date=datetime.date.today().isoformat())
     rows = [r if 'commit' in r else dict(r, **stamp) for r in rows]

@@ -49,6 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
       download=False,  # fetch official files when missing (needs network)
       train_split='train', eval_split='validation',
       max_length=64, truncate=True,
+      # Generation tasks: lay each training batch's examples end to end in
+      # as few rows as hold them (data/packing.py): the same loss and
+      # gradients, no step spent on padding. Not for LoPA or IAPT, whose
+      # state is computed per example.
+      pack=False,
       train_limit=-1, eval_limit=-1,  # fixed seeded subsets; -1 = all
       # Scored once with the final state, never used for choices: e.g. tune
       # on eval_split='train[-200:]' and report test_split='validation'.

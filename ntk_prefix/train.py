@@ -44,6 +44,25 @@ def train_and_evaluate(config, workdir: str,
     workdir_lib.check_config(workdir, config, allow_config_change)
     return _train(config, workdir)
 
+
+def step_batch(s, step: int) -> dict:
+  """The global batch of training step `step`, from this process's rows."""
+  config, sharding = s.config, batch_sharding(s)
+  if not config.task.pack:
+    rows = distributed.local_rows(sharding, config.batch_size)
+    return distributed.global_batch(pipeline.train_batch(
+        s.train_ds, step, config.batch_size, config.seed, rows), sharding,
+                                    config.batch_size)
+  # Packed rows: their count varies by step; every process packs alike.
+  full = pipeline.train_batch(s.train_ds, step, config.batch_size,
+                              config.seed, pack=True,
+                              row_multiple=s.mesh.shape['data'])
+  n = len(full['input_ids'])
+  rows = distributed.local_rows(sharding, n)
+  return distributed.global_batch({k: v[rows] for k, v in full.items()},
+                                  sharding, n)
+
+
 def _train(config, workdir: str) -> dict:
   import orbax.checkpoint as ocp
   s = build(config)
@@ -96,12 +115,8 @@ def _train(config, workdir: str) -> dict:
   bar = tqdm(total=config.total_steps, initial=start, disable=not (
       config.progress and writer), dynamic_ncols=True, desc=s.method.name)
   t_last, interval_losses = time.time(), []
-  rows = distributed.local_rows(batch_sharding(s), config.batch_size)
   for step in range(start, config.total_steps):
-    batch = distributed.global_batch(
-        pipeline.train_batch(s.train_ds, step, config.batch_size,
-                             config.seed, rows),
-        batch_sharding(s), config.batch_size)
+    batch = step_batch(s, step)
     trainable, opt_state, out = train_step(
         trainable, opt_state, frozen, batch, jax.random.fold_in(rng, step))
     done = step + 1

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ntk_prefix.data import builders
+from ntk_prefix.data import builders, packing
 
 # Prompts for generation tasks; the loss is on the target only.
 PROMPTS = {
@@ -215,9 +215,15 @@ def loss_positions(ids: np.ndarray, loss_mask: np.ndarray,
 
 
 def train_batch(ds: Dataset, step: int, batch_size: int, seed: int,
-                rows: slice = slice(None)) -> dict:
+                rows: slice = slice(None), pack: bool = False,
+                row_multiple: int = 1) -> dict:
   """The batch of training step `step` (epochs of seeded permutations);
-  `rows` of it only, for a process that holds a part of the batch."""
+  `rows` of it only, for a process that holds a part of the batch.
+
+  pack: the examples laid end to end in as few rows as hold them (a
+  multiple of `row_multiple`), with 'segment_ids' (data/packing.py); the
+  rows are all of them, which every process packs alike and slices itself.
+  """
   n = len(ds)
   start = step * batch_size
   idx = []
@@ -226,7 +232,32 @@ def train_batch(ds: Dataset, step: int, batch_size: int, seed: int,
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     idx.extend(perm[offset:offset + batch_size - len(idx)])
   width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
+  if pack:
+    # Wider rows than any example waste less of their ends; a few widths
+    # only, since every (rows, width) shape is one more compilation.
+    return _packed(ds, np.asarray(idx),
+                   _buckets(width) + [3 * width // 2, 2 * width],
+                   row_multiple)
   return _trim(ds, np.asarray(idx), _buckets(width), rows)
+
+
+def _packed(ds: Dataset, idx: np.ndarray, widths: list,
+            row_multiple: int) -> dict:
+  if 'loss_mask' not in ds.arrays:
+    raise ValueError('task.pack=True packs generation examples (a prompt and '
+                     'its answer); this task has labels per example. Set '
+                     'task.pack=False.')
+  out = packing.pack({k: v[idx] for k, v in ds.arrays.items()},
+                     ds.lengths[idx], widths, row_multiple)
+  # No prediction across examples: a segment's first token has no loss.
+  seg = out['segment_ids']
+  start = np.zeros_like(seg, bool)
+  start[:, 1:] = seg[:, 1:] != seg[:, :-1]
+  out['loss_mask'] = out['loss_mask'] * ~start
+  most = max(int(out['loss_mask'][:, 1:].sum(1).max()), 1)
+  slots = next((b for b in _buckets(seg.shape[1]) if b >= most), most)
+  out.update(loss_positions(out['input_ids'], out['loss_mask'], slots))
+  return out
 
 
 def eval_batches(ds: Dataset, batch_size: int, rows: slice = slice(None)):

@@ -47,6 +47,7 @@ def rational(x, num, den):
 @dataclasses.dataclass(frozen=True)
 class Iapt(base.Method):
   name = 'iapt'
+  per_example = True  # reads each example's instruction
   order = 50  # place in tables and listings
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
   decoder_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # one step lower on the decoder

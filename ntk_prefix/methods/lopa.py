@@ -55,6 +55,7 @@ def _mlp_init(rng, n_in, n_hidden, n_out, std=0.0):
 @dataclasses.dataclass(frozen=True)
 class Lopa(base.Method):
   name = 'lopa'
+  per_example = True  # reads each example's instruction
   order = 40  # place in tables and listings
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
   decoder_lr_grid = (1e-4, 3e-4, 1e-3, 3e-3)  # one step lower on the decoder

@@ -35,6 +35,7 @@ def _pick(x, rows):
 @dataclasses.dataclass(frozen=True)
 class Mixed(Adapter):
   method: Method
+  per_example = True  # each row its own adapter
 
   def __post_init__(self):
     if not self.method.mixable:

@@ -60,6 +60,11 @@ class Adapter:
   importing methods.
   """
 
+  # Whether the state a method adds is computed from each example's input
+  # (LoPA, IAPT): a packed row holds several examples, so such a method
+  # cannot train on packed rows.
+  per_example = False
+
   # Positions the input starts at: prefix methods that imitate HF's
   # `past_key_values` shift input positions by the prefix length.
   def position_offset(self) -> int:

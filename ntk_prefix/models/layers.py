@@ -116,6 +116,8 @@ class SelfAttention(nn.Module):
           [jnp.broadcast_to(prefix_v, (max(pb, prefix_v.shape[0]),) +
                             prefix_v.shape[1:]), pv], 1)
     query_key_mask = None
+    if key_mask.ndim == 3:  # packed rows: [b, t, t] (packed_mask)
+      query_key_mask, key_mask = key_mask, None
     if cache is not None:  # write this step's keys/values into their slots
       index = cache['index']
       k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype),
@@ -189,6 +191,29 @@ def positions_from_mask(key_mask: Array, offset: int = 0) -> Array:
   """Position of each token: count of real tokens before it (left padding ok)."""
   key_mask = key_mask.astype(jnp.int32)
   return jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0) + offset
+
+
+def packed_mask(segments: Array) -> Array:
+  """[b, t, t] bool for packed rows (data/packing.py): a query sees the
+  earlier keys of its own segment and the shared ones (segment < 0: soft
+  prompt tokens every example of the row reads), never padding (0)."""
+  t = segments.shape[1]
+  q, k = segments[:, :, None], segments[:, None, :]
+  causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]
+  return ((q == k) | (k < 0)) & (k != 0) & causal[None]
+
+
+def packed_positions(segments: Array, offset: int = 0) -> Array:
+  """Each token's position in its own example, after the shared tokens,
+  as `positions_from_mask` gives the example alone in its row."""
+  t = segments.shape[1]
+  index = jnp.arange(t)[None, :]
+  starts = jnp.concatenate([jnp.ones_like(segments[:, :1], bool),
+                            segments[:, 1:] != segments[:, :-1]], 1)
+  first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+  shared = jnp.sum(segments < 0, axis=1, keepdims=True)
+  positions = index - first + jnp.where(segments > 0, shared, 0)
+  return jnp.where(segments != 0, positions, 0) + offset
 
 
 def check_length(cfg: ModelConfig, total_tokens: int, what: str) -> None:

@@ -22,7 +22,8 @@ class Transformer(nn.Module):
   """apply({'params': frozen_params}, method_params, inputs) -> outputs.
 
   inputs: {'input_ids' [b, t], 'attention_mask' [b, t], optional
-  'token_type_ids'} for text, {'pixel_values' [b, c, h, w]} for vision.
+  'token_type_ids', optional 'segment_ids' [b, t] (decoders: several
+  examples per row, data/packing.py)} for text, {'pixel_values' [b, c, h, w]} for vision.
   outputs: 'hidden' [b, t, hidden] (input positions only, soft prompts
   removed), 'pooled' [b, hidden] (a task head reads it: the training code
   applies `heads.classifier_logits`), 'logits' [b, t, vocab] for decoders.
@@ -93,10 +94,11 @@ class Transformer(nn.Module):
     mask = jnp.ones_like(ids) if mask is None else mask.astype(jnp.int32)
     return self.tokens(ids), mask
 
-  def _finish_embed(self, x, mask, inputs, offset):
+  def _finish_embed(self, x, mask, inputs, offset, segments=None):
     """Adds positions/types and the embedding norm."""
     cfg = self.cfg
-    positions = self.position_ids(mask, offset)
+    positions = (self.position_ids(mask, offset) if segments is None else
+                 layers.packed_positions(segments, offset))
     if cfg.rope_theta is None:
       x = x + self.positions(positions).astype(x.dtype)
     if cfg.type_vocab_size:
@@ -163,6 +165,16 @@ class Transformer(nn.Module):
     offset = 0 if cfg.is_vision else adapter.position_offset()
     words, mask = self._embed(inputs)
     t = words.shape[1]
+    segments = inputs.get('segment_ids')
+    if segments is not None:
+      if not cfg.is_decoder or adapter.per_example:
+        raise ValueError(
+            'Packed rows (segment_ids, task.pack=True) hold several examples '
+            'of a decoder LM each; got ' + (
+                f'a {cfg.family} model' if not cfg.is_decoder else
+                f'method {getattr(adapter, "name", "mixed")!r}, whose state '
+                'is computed from each example') + '. Set task.pack=False.')
+      segments = jnp.asarray(segments, jnp.int32)
     condition, instance_embedding = self._conditioning(words, mask, inputs)
     prompt = adapter.input_hook(method_params, words, instance_embedding,
                                 train, rng).prompt
@@ -194,15 +206,20 @@ class Transformer(nn.Module):
         mask = insert(mask, jnp.ones((words.shape[0], n), mask.dtype))
         condition = insert(condition, jnp.ones((words.shape[0], n),
                                                mask.dtype))
+        if segments is not None:  # every example of a row reads them
+          segments = insert(segments, -jnp.ones((words.shape[0], n),
+                                                segments.dtype))
         inputs = dict(inputs)
         if inputs.get('token_type_ids') is not None:
           inputs['token_type_ids'] = insert(
               jnp.asarray(inputs['token_type_ids'], jnp.int32),
               jnp.zeros((words.shape[0], n), jnp.int32))
-      x, positions = self._finish_embed(words, mask, inputs, offset)
+      x, positions = self._finish_embed(words, mask, inputs, offset,
+                                        segments)
 
-    hidden = self._run_blocks(x, mask, positions, method_params, True, train,
-                              rng, condition)
+    block_mask = mask if segments is None else layers.packed_mask(segments)
+    hidden = self._run_blocks(x, block_mask, positions, method_params, True,
+                              train, rng, condition)
     if n:
       hidden = jnp.concatenate([hidden[:, :at], hidden[:, at + n:]], 1)
       mask = jnp.concatenate([mask[:, :at], mask[:, at + n:]], 1)

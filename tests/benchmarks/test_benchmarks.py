@@ -78,24 +78,28 @@ def test_ratio_to_frozen_cancels_a_machine_drifting_under_the_sweep():
 
 
 def test_instruction_peer_batch_holds_the_same_answers_on_both_sides():
-  """Ours (right-padded, gathered answer positions) and PEFT's (left-padded,
-  logits_to_keep) train on the same answer tokens of the same E2E rows."""
+  """Ours (packed rows, gathered answer positions) and PEFT's (one example
+  per row, left-padded to the longest, logits_to_keep) train on the same
+  answer tokens of the same E2E rows."""
   import numpy as np
   from benchmarks import peer
   from ntk_prefix import checkpoints
   ours, theirs = peer.instruction_batch(checkpoints.default_decoder_path(),
                                         4, 96)
+  assert len(ours['input_ids']) < 4  # packed
+  assert theirs['attention_mask'].sum(1).max() == theirs['input_ids'].shape[1]
+  examples = lambda rows: sorted(map(tuple, rows))
+  assert examples(ids[seg == k] for ids, seg in zip(
+      ours['input_ids'], ours['segment_ids'])
+                  for k in range(1, seg.max() + 1)) == examples(
+      ids[m > 0] for ids, m in zip(theirs['input_ids'],
+                                   theirs['attention_mask']))
   keep = theirs['keep']
-  for i in range(4):
-    answer = ours['loss_targets'][i][ours['loss_weights'][i] > 0]
-    assert len(answer) > 0
-    tail = theirs['input_ids'][i, -keep + 1:]
-    np.testing.assert_array_equal(
-        tail[theirs['loss_mask'][i, -keep + 1:] > 0], answer)
-    # The same tokens, padded on the other side.
-    real = ours['input_ids'][i][ours['attention_mask'][i] > 0]
-    np.testing.assert_array_equal(
-        theirs['input_ids'][i][theirs['attention_mask'][i] > 0], real)
+  answers = ours['loss_targets'][ours['loss_weights'] > 0]
+  assert len(answers) > 0
+  np.testing.assert_array_equal(sorted(answers), sorted(
+      theirs['input_ids'][:, -keep + 1:][theirs['loss_mask'][:, -keep + 1:]
+                                         > 0]))
 
 
 def test_attention_cost_accounts_for_each_case(tmp_path):
@@ -189,6 +193,11 @@ def test_peer_sweep_at_both_precisions(hf_checkpoint):
     assert ours['ratio_to_peer'] == pytest.approx(
         ours['step_seconds'] / theirs['step_seconds'])
     assert ours['floor_rate'] == {'float32': 1e9, 'bfloat16': 4e9}[precision]
+    # Same real tokens both sides; on E2E rows ours are packed (fewer rows)
+    # and PEFT's padded only to the longest row.
+    assert ours['tokens'] == theirs['tokens']
+    if kind == 'instruction':
+      assert ours['shape'][0] <= theirs['shape'][0] == 2
   text = report.peer_table(rows)
   assert text.count('### ') == 4 and '`instruction`, bfloat16' in text
   assert 'bf16 autocast' in text and 'bf16 weights' in text
