@@ -46,18 +46,21 @@ def e2e_batches(batch: int, length: int, steps: int) -> dict:
 
 
 def time_layouts(method: str, layouts: dict, frozen, cfg) -> dict:
-  """{layout: (seconds per batch list, tokens, shapes, compile seconds)}."""
-  steps = {}  # (layout, shape) -> compiled step
+  """{layout: {seconds per batch, tokens, shapes, compile seconds}}; one
+  compiled step per distinct set of array shapes (rows x width and the
+  loss slots), as a training run compiles them."""
+  steps = {}  # (layout, shapes) -> compiled step
+  shapes = lambda b: tuple(sorted((k, v.shape) for k, v in b.items()))
   for name, batches in layouts.items():
     for b in batches:
-      key = (name, b['input_ids'].shape)
+      key = (name, shapes(b))
       if key not in steps:
         steps[key] = harness.Step(cfg, frozen, method, {}, b, lm=True)
         steps[key].run_train()  # warm-up
   times = {name: [] for name in layouts}
   for i in range(len(next(iter(layouts.values())))):
     for name, batches in layouts.items():  # alternating, batch by batch
-      step = steps[(name, batches[i]['input_ids'].shape)]
+      step = steps[(name, shapes(batches[i]))]
       step.batch = jax.tree.map(jnp.asarray, batches[i])
       times[name].append(step.run_train())
   return {name: dict(
