@@ -58,6 +58,12 @@ def build(config) -> Setup:
           f'task.max_length={t.max_length} plus the method\'s position offset '
           f'({method.position_offset()}) exceeds the model\'s '
           f'{model_cfg.max_input_tokens} positions; use at most {room}.')
+  if t.pack and (not model_cfg.is_decoder or method.per_example):
+    raise ValueError(
+        f'task.pack=True packs several examples into a row of a decoder LM; '
+        + (f'{path} is a {model_cfg.family} model' if not model_cfg.is_decoder
+           else f'method.name={method.name!r} computes its state from each '
+           'example') + '. Set task.pack=False.')
   manual, prepared = data_dirs(t)
   load = lambda split, limit: pipeline.load(
       t.name, split, tokenizer, manual_dir=manual, data_dir=prepared,

@@ -154,3 +154,21 @@ def test_a_packed_run_logs_the_unpacked_losses(hf_checkpoint, prepared_dir,
     train.train_and_evaluate(c, str(tmp_path / str(pack)))
     runs[pack] = losses(str(tmp_path / str(pack)))
   np.testing.assert_allclose(runs[True], runs[False], rtol=1e-5)
+
+
+def test_a_packed_config_on_an_encoder_or_lopa_is_refused_before_any_work(
+    hf_checkpoint, prepared_dir):
+  from conftest import tiny_config
+  from ntk_prefix import build
+  c = tiny_config(hf_checkpoint('bert')[0], prepared_dir,
+                  **{'task.pack': True})
+  with pytest.raises(ValueError, match='is a bert model.*task.pack=False'):
+    build.build(c)
+  path, _ = hf_checkpoint('llama', vocab_size=49152)
+  checkpoints.load_tokenizer(
+      checkpoints.default_decoder_path()).save_pretrained(path)
+  c = tiny_config(path, prepared_dir, **{
+      'task.pack': True, 'task.name': 'gsm8k', 'method.name': 'lopa',
+      'best_metric': 'eval_loss'})
+  with pytest.raises(ValueError, match="method.name='lopa'"):
+    build.build(c)

@@ -23,7 +23,8 @@ class Transformer(nn.Module):
 
   inputs: {'input_ids' [b, t], 'attention_mask' [b, t], optional
   'token_type_ids', optional 'segment_ids' [b, t] (decoders: several
-  examples per row, data/packing.py)} for text, {'pixel_values' [b, c, h, w]} for vision.
+  examples per row, data/packing.py)} for text, {'pixel_values'
+  [b, c, h, w]} for vision.
   outputs: 'hidden' [b, t, hidden] (input positions only, soft prompts
   removed), 'pooled' [b, hidden] (a task head reads it: the training code
   applies `heads.classifier_logits`), 'logits' [b, t, vocab] for decoders.
@@ -183,8 +184,12 @@ class Transformer(nn.Module):
     # lead the sequence in decoders.
     at = 0 if cfg.is_decoder else 1
     if not cfg.is_vision:  # ViT prompts take no positions
+      # A packed row's examples are shorter than the row, but which is
+      # longest is not static: the row's width is checked (never a silent
+      # wrap; task.pack=False lifts it).
+      what = 'A packed row' if segments is not None else 'An input'
       layers.check_length(cfg, t + n + offset,
-                          f'An input of {t} tokens with {n} prompt tokens and '
+                          f'{what} of {t} tokens with {n} prompt tokens and '
                           f'a position offset of {offset}')
 
     def insert(a, piece):
