@@ -8,8 +8,8 @@ pipeline's bucket, as the tables train).
 
 The first `--steps` batches of the E2E training order (seed 0), each laid
 out both ways; every distinct shape is compiled before the clock starts
-(a run compiles each once: the count is printed), then each batch is timed
-once each way, alternating. The loss is the same either way
+(a training run compiles each once; the table lists them), then each batch
+is timed once each way, alternating. The loss is the same either way
 (tests/test_packing.py). Prints the table and writes packing.json / .md.
 """
 import argparse
