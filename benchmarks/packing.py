@@ -19,19 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import harness
-from ntk_prefix import atomic, checkpoints, config as config_lib
-from ntk_prefix.data import pipeline
+from benchmarks import harness, peer
+from ntk_prefix import atomic
+from ntk_prefix.data import batches
 
 
 def e2e_batches(batch: int, length: int, steps: int) -> dict:
   """{'one per row': [...], 'packed': [...]}: the same training batches."""
-  tokenizer = checkpoints.load_tokenizer(harness.resolve('smollm2'))
   try:
-    ds = pipeline.load('e2e_nlg', 'train', tokenizer,
-                       manual_dir=config_lib.default_manual_dir(),
-                       data_dir=os.path.expanduser('~/.cache/ntk_prefix/tfds'),
-                       max_length=length, truncate=True)
+    ds = peer.e2e_split(harness.resolve('smollm2'), 'train', length)
   except FileNotFoundError as e:
     raise SystemExit(f'benchmarks.packing needs the E2E files (see Data in '
                      f'README.md): {e}') from None
@@ -39,7 +35,7 @@ def e2e_batches(batch: int, length: int, steps: int) -> dict:
   for name, pack in (('one per row', False), ('packed', True)):
     out[name] = []
     for step in range(steps):
-      b = pipeline.train_batch(ds, step, batch, seed=0, pack=pack)
+      b = batches.train_batch(ds, step, batch, seed=0, pack=pack)
       out[name].append({k: v for k, v in b.items()
                         if k not in ('loss_mask', 'prompt_mask')})
   return out
@@ -51,17 +47,17 @@ def time_layouts(method: str, layouts: dict, frozen, cfg) -> dict:
   loss slots), as a training run compiles them."""
   steps = {}  # (layout, shapes) -> compiled step
   shapes = lambda b: tuple(sorted((k, v.shape) for k, v in b.items()))
-  for name, batches in layouts.items():
-    for b in batches:
+  for name, layout in layouts.items():
+    for b in layout:
       key = (name, shapes(b))
       if key not in steps:
         steps[key] = harness.Step(cfg, frozen, method, {}, b, lm=True)
         steps[key].run_train()  # warm-up
   times = {name: [] for name in layouts}
   for i in range(len(next(iter(layouts.values())))):
-    for name, batches in layouts.items():  # alternating, batch by batch
-      step = steps[(name, shapes(batches[i]))]
-      step.batch = jax.tree.map(jnp.asarray, batches[i])
+    for name, layout in layouts.items():  # alternating, batch by batch
+      step = steps[(name, shapes(layout[i]))]
+      step.batch = jax.tree.map(jnp.asarray, layout[i])
       times[name].append(step.run_train())
   return {name: dict(
       seconds=times[name],

@@ -36,6 +36,17 @@ PEFT_MODES = {'float32': (('float32', 'float32', False),),
 PRECISIONS = tuple(PEFT_MODES)
 
 
+def e2e_split(path: str, split: str, length: int):
+  """E2E rows as the training pipeline tokenises them with `path`'s
+  tokenizer (FileNotFoundError where the E2E files are not at hand)."""
+  from ntk_prefix import checkpoints, config as config_lib
+  from ntk_prefix.data import pipeline
+  return pipeline.load('e2e_nlg', split, checkpoints.load_tokenizer(path),
+                       manual_dir=config_lib.default_manual_dir(),
+                       data_dir=os.path.expanduser('~/.cache/ntk_prefix/tfds'),
+                       max_length=length, truncate=True)
+
+
 def instruction_batch(path: str, batch: int, length: int,
                       pack: bool = True):
   """(ours, theirs): real E2E rows (prompt + answer, loss on the answer
@@ -51,20 +62,14 @@ def instruction_batch(path: str, batch: int, length: int,
   end and `logits_to_keep` (the best transformers offers here) computes the
   head on the last `keep` positions only.
   """
-  from ntk_prefix import checkpoints, config as config_lib
-  from ntk_prefix.data import pipeline
-  tokenizer = checkpoints.load_tokenizer(path)
+  from ntk_prefix.data import batches
   try:
-    ds = pipeline.load('e2e_nlg', f'train[:{4 * batch}]', tokenizer,
-                       manual_dir=config_lib.default_manual_dir(),
-                       data_dir=os.path.expanduser(
-                           '~/.cache/ntk_prefix/tfds'),
-                       max_length=length, truncate=True)
+    ds = e2e_split(path, f'train[:{4 * batch}]', length)
   except FileNotFoundError as e:
     print(f'  no instruction batch: {e}', flush=True)
     return None
-  ours = pipeline.train_batch(ds, 0, batch, seed=0, pack=pack)
-  plain = pipeline.train_batch(ds, 0, batch, seed=0)
+  ours = batches.train_batch(ds, 0, batch, seed=0, pack=pack)
+  plain = batches.train_batch(ds, 0, batch, seed=0)
   lengths = plain['attention_mask'].sum(1)
   width = int(lengths.max())
   left = {k: np.zeros((batch, width), np.int32) for k in (

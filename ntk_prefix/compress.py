@@ -34,7 +34,7 @@ import numpy as np
 from ntk_prefix import atomic, config as config_lib, export, methods
 from ntk_prefix import peft_format
 from ntk_prefix.build import Setup, build
-from ntk_prefix.data import pipeline
+from ntk_prefix.data import batches
 from ntk_prefix.models import layers
 from ntk_prefix.models.transformer import Transformer
 from ntk_prefix.ntk import approximation
@@ -141,8 +141,8 @@ def compress(config, adapter: str, out: str, steps: int = 300,
         'is a classification: compress a best/ or final/ export of a run on '
         'this task (it holds the head trained with the prefix).')
   kv = source.explicit_prefix(source_params)
-  fit_rows = pipeline.train_batch(s.train_ds, 0, rows, config.seed)
-  held_out = next(pipeline.eval_batches(s.eval_ds, rows))
+  fit_rows = batches.train_batch(s.train_ds, 0, rows, config.seed)
+  held_out = next(batches.eval_batches(s.eval_ds, rows))
   test_mask = held_out['attention_mask'] * held_out['weights'][:, None]
   qkv_fit = layer_qkv(cfg, frozen, source, source_params, _inputs(fit_rows))
   qkv_test = layer_qkv(cfg, frozen, source, source_params, _inputs(held_out))
@@ -184,7 +184,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
     if s.test_ds is not None:  # the task's reported split, scored once
       test = run_eval(setup, evaluate, params, placed, s.test_ds)
       metrics.update({'test_' + k[len('eval_'):]: v for k, v in test.items()})
-    seconds, peak = step_cost(setup, params, pipeline.train_batch(
+    seconds, peak = step_cost(setup, params, batches.train_batch(
         s.train_ds, 0, config.batch_size, config.seed))
     report[name] = {**metrics, 'train_step_seconds': seconds,
                     'train_step_bytes': peak}

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ntk_prefix import distributed, lm_loss, models, sharding
 from ntk_prefix.build import Setup
-from ntk_prefix.data import pipeline
+from ntk_prefix.data import batches
 
 
 def loss_and_metrics(trainable, frozen_params, batch, rng, *, s: Setup,
@@ -119,7 +119,7 @@ def run_eval(s: Setup, evaluate, trainable, frozen_params,
   ds = s.eval_ds if ds is None else ds
   n = s.config.eval_batch_size
   rows = distributed.local_rows(batch_sharding(s), n)
-  for local in pipeline.eval_batches(ds, n, rows):
+  for local in batches.eval_batches(ds, n, rows):
     batch = distributed.global_batch(local, batch_sharding(s), n)
     sums = distributed.fetch(evaluate(trainable, frozen_params, batch))
     for k in total:

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ntk_prefix import atomic, checkpointing, cli, distributed, export
 from ntk_prefix import methods
 from ntk_prefix import workdir as workdir_lib
-from ntk_prefix.data import pipeline
+from ntk_prefix.data import batches
 from ntk_prefix.build import best_metric_direction, build, init_trainable
 from ntk_prefix.optimizer import make_optimizer
 from ntk_prefix.steps import (_check_finite, batch_sharding, make_steps,
@@ -50,11 +50,11 @@ def step_batch(s, step: int) -> dict:
   config, sharding = s.config, batch_sharding(s)
   if not config.task.pack:
     rows = distributed.local_rows(sharding, config.batch_size)
-    return distributed.global_batch(pipeline.train_batch(
+    return distributed.global_batch(batches.train_batch(
         s.train_ds, step, config.batch_size, config.seed, rows), sharding,
                                     config.batch_size)
   # Packed rows: their count varies by step; every process packs alike.
-  full = pipeline.train_batch(s.train_ds, step, config.batch_size,
+  full = batches.train_batch(s.train_ds, step, config.batch_size,
                               config.seed, pack=True,
                               row_multiple=s.mesh.shape['data'])
   n = len(full['input_ids'])

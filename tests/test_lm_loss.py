@@ -9,7 +9,7 @@ import pytest
 from ntk_prefix import checkpoints, config as config_lib, lm_loss, methods
 from ntk_prefix import models
 from ntk_prefix.build import Setup
-from ntk_prefix.data import pipeline
+from ntk_prefix.data import batches
 from ntk_prefix.steps import loss_and_metrics
 
 
@@ -24,7 +24,7 @@ def _batch(vocab, b=4, t=12, seed=0):
   weights = np.array([1, 1, 1, 0], np.float32)  # the last row is padding
   batch = {'input_ids': ids, 'attention_mask': attention,
            'loss_mask': loss_mask, 'weights': weights}
-  batch.update(pipeline.loss_positions(ids, loss_mask, 16))
+  batch.update(batches.loss_positions(ids, loss_mask, 16))
   return batch
 
 
@@ -88,7 +88,7 @@ def test_loss_positions_are_the_answer_tokens():
   ids = np.arange(20, dtype=np.int32).reshape(2, 10)
   loss_mask = np.zeros((2, 10), np.int32)
   loss_mask[0, 6:9] = 1
-  out = pipeline.loss_positions(ids, loss_mask, 4)
+  out = batches.loss_positions(ids, loss_mask, 4)
   # Position p predicts token p + 1: the answer tokens 6, 7, 8.
   np.testing.assert_array_equal(out['loss_positions'][0], [5, 6, 7, 0])
   np.testing.assert_array_equal(out['loss_targets'][0], [6, 7, 8, 0])

@@ -8,7 +8,7 @@ import pytest
 
 from ntk_prefix import checkpoints, config as config_lib, methods
 from ntk_prefix.build import Setup
-from ntk_prefix.data import packing, pipeline
+from ntk_prefix.data import batches, packing, pipeline
 from ntk_prefix.models import layers
 from ntk_prefix.steps import loss_and_metrics
 
@@ -91,8 +91,8 @@ def test_packed_rows_give_the_unpacked_loss_and_gradients(
   setup = Setup(config_lib.base_config(), cfg, frozen, None, method, None,
                 None, 'generation', None)
   ds = _dataset(cfg.vocab_size)
-  plain = pipeline.train_batch(ds, 0, len(ds), seed=0)
-  packed = pipeline.train_batch(ds, 0, len(ds), seed=0, pack=True)
+  plain = batches.train_batch(ds, 0, len(ds), seed=0)
+  packed = batches.train_batch(ds, 0, len(ds), seed=0, pack=True)
   assert packed['input_ids'].size < plain['input_ids'].size
   assert packed['input_ids'].shape[0] < len(ds)
 
@@ -120,7 +120,7 @@ def test_methods_that_read_each_example_refuse_packed_rows(hf_checkpoint,
   params = method.init(jax.random.PRNGKey(0), frozen)
   setup = Setup(config_lib.base_config(), cfg, frozen, None, method, None,
                 None, 'generation', None)
-  packed = pipeline.train_batch(_dataset(cfg.vocab_size), 0, 7, seed=0,
+  packed = batches.train_batch(_dataset(cfg.vocab_size), 0, 7, seed=0,
                                 pack=True)
   with pytest.raises(ValueError, match=f"method '{name}'.*task.pack=False"):
     loss_and_metrics({'method': params}, frozen, packed, None, s=setup,
@@ -132,7 +132,7 @@ def test_classification_data_is_not_packed():
                          'attention_mask': np.ones((4, 8), np.int32),
                          'labels': np.zeros(4, np.int32)}, np.full(4, 8))
   with pytest.raises(ValueError, match='task.pack=False'):
-    pipeline.train_batch(ds, 0, 4, seed=0, pack=True)
+    batches.train_batch(ds, 0, 4, seed=0, pack=True)
 
 
 def test_a_packed_run_logs_the_unpacked_losses(hf_checkpoint, prepared_dir,

@@ -43,7 +43,9 @@ def pack(arrays: dict, lengths: np.ndarray, widths: list,
   Of the candidate `widths` that hold the longest example, the one needing
   the fewest tokens in all (rows x width, rows rounded up to a multiple of
   `row_multiple` so the data axis divides them) wins; ties take the
-  narrower. Empty rows are all padding (segment 0, no loss).
+  narrower. Empty rows are all padding (segment 0, no loss), and a
+  segment's first token has no loss (it is not predicted from the example
+  before it).
   """
   longest = int(lengths.max())
   best = None
@@ -68,4 +70,8 @@ def pack(arrays: dict, lengths: np.ndarray, widths: list,
       segments[row, at:at + n] = seg
       at += n
   out['segment_ids'] = segments
+  if 'loss_mask' in out:  # no prediction across examples: a segment's
+    start = np.zeros_like(segments, bool)  # first token carries no loss
+    start[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    out['loss_mask'] = out['loss_mask'] * ~start
   return out

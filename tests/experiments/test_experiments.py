@@ -411,14 +411,14 @@ def _tiny_tfds_images(data_dir: str) -> str:
 def test_any_prepared_tfds_image_set_trains_a_vit(hf_checkpoint, tmp_path):
   from ntk_prefix import config as config_lib, train
   from ntk_prefix.build import build
-  from ntk_prefix.data import pipeline
+  from ntk_prefix.data import batches, pipeline
   path, _ = hf_checkpoint('vit')
   name = _tiny_tfds_images(str(tmp_path / 'tfds'))
   ds = pipeline.load(name, 'train[:-8]', None, manual_dir='',
                      data_dir=str(tmp_path / 'tfds'), max_length=0,
                      truncate=True, image_size=30)
   assert len(ds) == 40 and ds.num_labels == 3
-  batch = pipeline.train_batch(ds, 0, 8, seed=0)
+  batch = batches.train_batch(ds, 0, 8, seed=0)
   assert batch['pixel_values'].shape == (8, 3, 30, 30)
   assert batch['pixel_values'].min() >= -1 and batch['pixel_values'].max() <= 1
   assert set(batch['labels']) <= {0, 1, 2}

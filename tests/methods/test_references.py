@@ -185,7 +185,7 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
   from ntk_prefix.build import build, init_trainable
   from ntk_prefix.optimizer import make_optimizer
   from ntk_prefix.steps import make_steps, place_frozen
-  from ntk_prefix.data import pipeline
+  from ntk_prefix.data import batches
 
   def one_update(batch_size, accumulate):
     c = tiny_config(tiny_encoder, prepared_dir, batch_size=batch_size, **{
@@ -199,7 +199,7 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
     state = opt.init(params)
     step, _ = make_steps(s, opt, sharding)
     for k in range(accumulate):
-      batch = pipeline.train_batch(s.train_ds, k, batch_size, c.seed)
+      batch = batches.train_batch(s.train_ds, k, batch_size, c.seed)
       params, state, _ = step(params, state, frozen, batch,
                               jax.random.PRNGKey(k))
     return jax.device_get(params), init_trainable(s)
