@@ -17,8 +17,12 @@ from ntk_prefix.sweep import point_name, run_point
 
 
 def use_compilation_cache(path: str = '~/.cache/ntk_prefix/jax') -> None:
-  """Seeds of one point compile the same programs: compile them once."""
+  """Seeds of one point compile the same programs: compile them once. A
+  cache already configured (JAX_COMPILATION_CACHE_DIR, as the tests set) is
+  kept."""
   import jax
+  if jax.config.jax_compilation_cache_dir:
+    return
   jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 

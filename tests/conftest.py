@@ -7,6 +7,27 @@ import pytest
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+
+def _share_compiled_programs():
+  """The tests build the same tiny models over and over, in both xdist
+  workers and in subprocesses: one persistent XLA cache for the whole run
+  turns most compiles into reads (tests/test_train.py and tests/methods:
+  518 -> 442 s of CPU). Made by the first process to load this file (the
+  xdist controller), inherited through the environment, removed at exit."""
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return
+  import atexit
+  import shutil
+  import tempfile
+  path = tempfile.mkdtemp(prefix='ntk_prefix_tests_xla_')
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+_share_compiled_programs()
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = {
