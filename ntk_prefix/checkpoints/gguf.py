@@ -4,6 +4,7 @@ The `gguf` package dequantizes tensors to NumPy. llama.cpp's converter
 permutes the rows of Q and K for its RoPE layout; `unpermute` undoes it, so
 the tensors match the Hugging Face layout our name map expects.
 """
+import functools
 import os
 import re
 
@@ -43,9 +44,20 @@ def _field(reader, key, default=None):
 
 
 def read(path: str):
-  import gguf
+  """The file's reader, parsed once per process while the file is unchanged:
+  gguf parses metadata in Python (SmolLM2's 49,152 tokens and merges: about
+  10 s), and a run reads both the weights and the tokenizer, a table many
+  runs."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'GGUF file {path!r} does not exist.')
+  stat = os.stat(path)
+  return _read(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read(path: str, mtime_ns: int, size: int):
+  del mtime_ns, size  # the cache key: a rewritten file is parsed again
+  import gguf
   try:
     return gguf.GGUFReader(path)
   except Exception as e:  # the reader's own error names no file

@@ -63,3 +63,13 @@ def test_smollm2_tokenizer_matches_transformers():
                'Natalia sold 48 clips.\n#### 72',
                '<|im_start|>user\nhi<|im_end|>']:
     assert ours(text)['input_ids'] == ref(text)['input_ids'], text
+
+
+def test_a_rewritten_gguf_file_is_read_again(hf_checkpoint, tmp_path):
+  """The parsed metadata is kept per process; a file written again at the
+  same path is parsed again, not served from that memo."""
+  path = tmp_path / 'tiny.gguf'
+  write_tiny_gguf(path, hf_checkpoint('llama')[1])
+  assert checkpoints.load(str(path))[0].num_layers == 2
+  write_tiny_gguf(path, hf_checkpoint('llama', num_hidden_layers=1)[1])
+  assert checkpoints.load(str(path))[0].num_layers == 1
