@@ -40,10 +40,13 @@ def e2e_split(path: str, split: str, length: int):
   """E2E rows as the training pipeline tokenises them with `path`'s
   tokenizer (FileNotFoundError where the E2E files are not at hand)."""
   from ntk_prefix import checkpoints, config as config_lib
+  from ntk_prefix.build import data_dirs
   from ntk_prefix.data import pipeline
+  task = config_lib.base_config().task
+  task.name = 'e2e_nlg'
+  manual, prepared = data_dirs(task)  # where a training run finds them
   return pipeline.load('e2e_nlg', split, checkpoints.load_tokenizer(path),
-                       manual_dir=config_lib.default_manual_dir(),
-                       data_dir=os.path.expanduser('~/.cache/ntk_prefix/tfds'),
+                       manual_dir=manual, data_dir=prepared,
                        max_length=length, truncate=True)
 
 

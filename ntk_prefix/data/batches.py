@@ -20,6 +20,11 @@ def _buckets(max_length: int) -> list:
   return out + [max_length]
 
 
+def _row_buckets(ds: Dataset) -> list:
+  """The widths a batch of `ds` is cut to (its padded width the largest)."""
+  return _buckets(ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1])
+
+
 def _bucket(n: int, buckets: list) -> int:
   """The smallest bucket that holds n (at least 1), else the largest."""
   return next((b for b in buckets if b >= max(n, 1)), buckets[-1])
@@ -78,14 +83,14 @@ def train_batch(ds: Dataset, step: int, batch_size: int, seed: int,
     epoch, offset = divmod(start + len(idx), n)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     idx.extend(perm[offset:offset + batch_size - len(idx)])
-  width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
+  buckets = _row_buckets(ds)
   if pack:
     # Wider rows than any example waste less of their ends; a few widths
     # only, since every (rows, width) shape is one more compilation.
+    width = buckets[-1]
     return _packed(ds, np.asarray(idx),
-                   _buckets(width) + [3 * width // 2, 2 * width],
-                   row_multiple)
-  return _trim(ds, np.asarray(idx), _buckets(width), rows)
+                   buckets + [3 * width // 2, 2 * width], row_multiple)
+  return _trim(ds, np.asarray(idx), buckets, rows)
 
 
 def _packed(ds: Dataset, idx: np.ndarray, widths: list,
@@ -105,14 +110,13 @@ def _packed(ds: Dataset, idx: np.ndarray, widths: list,
 def eval_batches(ds: Dataset, batch_size: int, rows: slice = slice(None)):
   """Fixed-order batches; the last is padded with copies weighted 0.
   `rows` of each only, for a process that holds a part of the batch."""
-  n = len(ds)
-  width = ds.arrays.get('input_ids', np.zeros((1, 1))).shape[1]
+  n, buckets = len(ds), _row_buckets(ds)
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
     weights = np.ones(batch_size, np.float32)
     if len(idx) < batch_size:
       weights[len(idx):] = 0
       idx = np.concatenate([idx, np.zeros(batch_size - len(idx), int)])
-    batch = _trim(ds, idx, _buckets(width), rows)
+    batch = _trim(ds, idx, buckets, rows)
     batch['weights'] = weights[rows]
     yield batch
