@@ -12,41 +12,55 @@ from ntk_prefix.methods import MIXABLE
 
 def test_bench_writes_rows_and_tables(hf_checkpoint, tmp_path):
   encoder, _ = hf_checkpoint('bert')
-  decoder, _ = hf_checkpoint('llama')
   out = str(tmp_path / 'results')
-  run.main(['--sweeps=methods,prefix_length,mixed', f'--encoder={encoder}',
-            f'--decoder={decoder}', '--lengths=0,300', '--repeats=1',
-            '--seq_len=8', '--prefix_batch=2', f'--out={out}'])
-  rows = json.load(open(os.path.join(out, 'latest.json')))
+  common = [f'--encoder={encoder}', '--lengths=0,300', '--repeats=1',
+            '--seq_len=8', '--prefix_batch=2', f'--out={out}']
+  # Two runs into one folder: the second keeps the first's rows.
+  run.main(['--sweeps=mixed'] + common)
+  run.main(['--sweeps=prefix_length'] + common)
+  with open(os.path.join(out, 'latest.json')) as f:
+    rows = json.load(f)
   for key in ('method', 'prefix_length', 'step_seconds', 'ratio_to_frozen',
               'peak_memory_bytes'):
     assert all(key in r for r in rows if r['sweep'] != 'mixed')
   # The figure and its noise: the median of each round's ratio, every round.
   for r in rows:
-    if r['sweep'] in ('methods', 'prefix_length'):
+    if r['sweep'] == 'prefix_length':
       assert len(r['ratio_to_frozen_rounds']) == 1
       assert r['ratio_to_frozen'] == r['ratio_to_frozen_rounds'][0]
-  methods = {r['method'] for r in rows if r['sweep'] == 'methods'}
-  assert methods == {harness.FLOOR, *run.METHODS}
   lengths = {(r['method'], r['prefix_length']) for r in rows
              if r['sweep'] == 'prefix_length'}
   assert ('ntk_attention', 300) in lengths and ('p_tuning_v2', 300) in lengths
-  # Adam keeps two moments: trainable + optimizer state = 3x the parameters
-  # (plus Adam's step counter), and nothing for the frozen tree.
-  for r in rows:
-    if r['sweep'] == 'methods':
-      assert r['optimizer_bytes'] - 2 * r['trainable_bytes'] <= 8
-  # XLA's account of each step's memory traffic: every step reads at least
-  # the float32 frozen weights it multiplies by.
-  weight_bytes = {os.path.basename(p.rstrip('/')): 4 * harness.matmul_params(
-      *harness.load_model(p)) for p in (encoder, decoder)}
-  for r in rows:
-    if r['sweep'] == 'methods':
-      assert r['step_bytes_xla'] > weight_bytes[r['model']], r['method']
   for name in ('latest.md', 'meta.json', 'step_time_vs_m.png'):
     assert os.path.getsize(os.path.join(out, name)) > 0
   mixed = [r for r in rows if r['sweep'] == 'mixed']
   assert {r['method'] for r in mixed} == set(MIXABLE)
+  with open(os.path.join(out, 'latest.md')) as f:
+    md = f.read()
+  assert 'Cost against prefix length' in md and 'Mixed-adapter' in md
+
+
+# One test per model, so the two halves of the longest sweep run in parallel.
+@pytest.mark.parametrize('family', ['bert', 'llama'])
+def test_methods_sweep_measures_every_method(hf_checkpoint, tmp_path, family):
+  path, _ = hf_checkpoint(family)
+  rows = run.sweep_methods(path, 4, 8, 1, rate=1e9)
+  assert {r['method'] for r in rows} == {harness.FLOOR, *run.METHODS}
+  weight_bytes = 4 * harness.matmul_params(*harness.load_model(path))
+  for r in rows:
+    assert len(r['ratio_to_frozen_rounds']) == 1
+    assert r['ratio_to_frozen'] == r['ratio_to_frozen_rounds'][0]
+    # Adam keeps two moments: trainable + optimizer state = 3x the
+    # parameters (plus Adam's step counter), and nothing for the frozen tree.
+    assert r['optimizer_bytes'] - 2 * r['trainable_bytes'] <= 8
+    # XLA's account of each step's memory traffic: every step reads at least
+    # the float32 frozen weights it multiplies by.
+    assert r['step_bytes_xla'] > weight_bytes, r['method']
+  out = str(tmp_path)
+  run.write(rows, 'test', 1e9, 0.0, out)
+  with open(os.path.join(out, 'latest.md')) as f:
+    md = f.read()
+  assert all(f'| {m} |' in md for m in run.METHODS)
 
 
 def test_ratio_to_frozen_cancels_a_machine_drifting_under_the_sweep():
