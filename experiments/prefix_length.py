@@ -191,14 +191,14 @@ def main(argv):
       results['records'].append(record)
       if m == max(lengths):
         largest[method] = (record, root)
-      write(out, results, args.command)
+      write(out, results, args.command, figure=False)
   for method in REFERENCES:
     log(f'== {method}')
     root = common.run_root(args.workdir, name, base)
     results['records'].append(row(task, method, None, root, args.seeds,
                                   MAX_EXTRA.value, log,
                                   ledger_lib.path_for(out)))
-    write(out, results, args.command)
+    write(out, results, args.command, figure=False)
   results['compressed'] = []
   for method, (record, root) in largest.items():
     log(f'== {method} at the largest m, compressed')
@@ -208,12 +208,14 @@ def main(argv):
   print(write(out, results, args.command))
 
 
-def write(out: str, results: dict, command: str) -> str:
+def write(out: str, results: dict, command: str, figure: bool = True) -> str:
+  """results.json and the table after every row (a stopped run keeps them);
+  the figure once, at the end (matplotlib takes a second or more a draw)."""
   results = {**provenance.stamp(command, exclude=('experiments/results',)),
              **results}
   os.makedirs(out, exist_ok=True)
   atomic.write_json(os.path.join(out, 'results.json'), results)
-  return prefix_length_report.write(out, results)
+  return prefix_length_report.write(out, results, figure)
 
 
 if __name__ == '__main__':

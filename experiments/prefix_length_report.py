@@ -14,11 +14,13 @@ REFERENCES = (methods.PREFIX_SUMMARIES + methods.WEIGHT_SPACE +
               methods.UNADAPTED)
 
 
-def write(folder: str, results: dict) -> str:
-  """table.md and prefix_length.png of `folder` from `results`."""
+def write(folder: str, results: dict, figure: bool = True) -> str:
+  """table.md and (with `figure`) prefix_length.png of `folder` from
+  `results`."""
   text = render(results)
   atomic.write_text(os.path.join(folder, 'table.md'), text)
-  plot(results, os.path.join(folder, 'prefix_length.png'))
+  if figure:
+    plot(results, os.path.join(folder, 'prefix_length.png'))
   return text
 
 

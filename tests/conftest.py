@@ -4,7 +4,12 @@ import os
 import numpy as np
 import pytest
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# Eight simulated devices for the mesh tests. The models here are tiny, so
+# compiling costs more than running: the CPU backend's cheaper code
+# generation cut tests/methods' CPU time from 280 to 238 s (-15%).
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
+                      '--xla_backend_optimization_level=0 '
+                      '--xla_llvm_disable_expensive_passes=true')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 

@@ -46,7 +46,7 @@ def test_model_kernel_is_over_the_method_state_only(hf_checkpoint):
   inputs = {'input_ids': ids, 'attention_mask': np.ones_like(ids)}
   fn = kernel.model_output_fn(cfg, frozen, method, 'margin')
   k = kernel.empirical_ntk(fn, params, inputs, chunk=2)
-  jac = jax.jacrev(fn)(params, inputs)
+  jac = jax.jit(jax.jacrev(fn))(params, inputs)
   flat = np.concatenate([np.asarray(j).reshape(5, -1)
                          for j in jax.tree.leaves(jac)], axis=1)
   assert flat.shape[1] == methods.count_params(params)
