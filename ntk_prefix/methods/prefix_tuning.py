@@ -147,7 +147,17 @@ class PrefixTuning(base.Method):
     out = jnp.transpose(out, (2, 1, 0, 3, 4))
     return {'k': out[0], 'v': out[1]}
 
+  def layer_views(self, method_params):
+    """The prefix materialised once per forward pass and split per layer.
+    Materialised in each layer's hook instead, the forward was shared but
+    autodiff gave every layer a full-size w2 gradient from its slice and
+    summed them (on SmolLM2 30 x 17.7M floats a step, +0.3 s)."""
+    return jax.tree.map(lambda x: tuple(jnp.unstack(x)),
+                        self.materialize(method_params))
+
   def layer_hook(self, method_params, layer, hidden, mask, train, rng):
-    # The MLP runs once per forward; XLA shares it across the layer calls.
-    mat = self.materialize(method_params)
+    # Unrolled layers get layer_views' slices; scanned layers, decoding and
+    # mixed batches the MLP state, materialised here.
+    mat = (method_params if 'k' in method_params else
+           self.materialize(method_params))
     return prefix_hook(self, mat['k'], mat['v'], layer, train, rng)
