@@ -47,6 +47,7 @@ def rational(x, num, den):
 @dataclasses.dataclass(frozen=True)
 class Iapt(base.Method):
   name = 'iapt'
+  layer_stacked = True
   per_example = True  # reads each example's instruction
   order = 50  # place in tables and listings
   lr_grid = (3e-4, 1e-3, 3e-3, 1e-2)
@@ -93,7 +94,7 @@ class Iapt(base.Method):
             'up_bias': jnp.zeros((L, n * d))}
 
   def layer_hook(self, method_params, layer, hidden, mask, train, rng):
-    p = jax.tree.map(lambda a: a[layer], method_params)
+    p = {k: v[layer] for k, v in method_params.items()}
     o = self.opts
     h = hidden.astype(jnp.float32)  # [b, t, d]
     valid = (mask > 0)[:, None, :]  # [b, 1, t]: instruction tokens only
