@@ -151,11 +151,13 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     base: Optional[dict] = None,
                     log: Callable = print,
                     max_extra: int = MAX_EXTRA_POINTS,
-                    ledger: Optional[str] = None) -> dict:
+                    ledger: Optional[str] = None,
+                    score_reads_checkpoint: bool = False) -> dict:
   """Seed 0 at every grid point, extended outward while the best sits at an
   end (search_outward); choose on `select` (held-out rows), then the chosen
   point at seeds 1.. . `score(workdir, metrics)` returns the reported
-  metrics of one finished run (e.g. dev accuracy, BLEU): it is called for
+  metrics of one finished run (e.g. dev accuracy, BLEU; set
+  `score_reads_checkpoint` where it decodes from the run's folder): it is called for
   the chosen point's runs only, so a generation table decodes 3 runs a row,
   not every point searched, and no reported score of a point that was not
   chosen exists to be looked at. `base` overrides apply to every run;
@@ -164,9 +166,22 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   search, finished = [], []
   base = base or {}
 
-  def scored(workdir, metrics):
-    return ledger_lib.scores(ledger, run_key(root, workdir), metrics,
-                             lambda: score(workdir, metrics))
+  def scored(workdir, metrics, point, seed):
+    """(scores, metrics) of a finished run."""
+    run = run_key(root, workdir)
+    if (score_reads_checkpoint and not os.path.exists(os.path.join(workdir, 'final'))
+        and ledger_lib.kept_scores(ledger, run, metrics) is None):
+      # In the ledger, stopped before it was scored, its folder on another
+      # machine: trained again (from a commit, so reproducibly) to be scored.
+      log(f'  {method} {point_name(point)},seed={seed}: kept without '
+          'scores and its checkpoint is not here; training it again')
+      metrics = run_point(configured(spec, {
+          **base, **method_overrides(method), **point, 'seed': seed}),
+          workdir)
+      ledger_lib.add(ledger, run, workdir_lib.recorded_config(workdir),
+                     metrics)
+    return ledger_lib.scores(ledger, run, metrics,
+                             lambda: score(workdir, metrics)), metrics
 
   def evaluate(point):
     workdir, metrics = run_seed(spec, root, method, point, 0, base, ledger)
@@ -185,7 +200,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                                    max_extra=max_extra)
   best = int(np.argmax(values) if higher_is_better else np.argmin(values))
   chosen = search[best]
-  chosen['scores'] = scored(*finished[best])
+  chosen['scores'], metrics = scored(*finished[best], chosen['overrides'], 0)
+  chosen['select'] = metrics[select]
   log(f'  {method} seed 0: {_fmt(chosen["scores"])}')
   runs = [{'seed': 0, 'scores': chosen['scores'], 'select': chosen['select'],
            'wall_seconds': chosen['wall_seconds'],
@@ -193,7 +209,9 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   for seed in range(1, seeds):
     workdir, metrics = run_seed(spec, root, method, chosen['overrides'],
                                 seed, base, ledger)
-    runs.append({'seed': seed, 'scores': scored(workdir, metrics),
+    seed_scores, metrics = scored(workdir, metrics, chosen['overrides'],
+                                  seed)
+    runs.append({'seed': seed, 'scores': seed_scores,
                  'select': metrics[select],
                  'wall_seconds': metrics['wall_seconds'],
                  'device': metrics.get('device', ''),

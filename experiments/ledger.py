@@ -126,15 +126,21 @@ def add(path: Optional[str], run: str, config: dict, metrics: dict,
       _write(path, records)
 
 
+def kept_scores(path: Optional[str], run: str,
+                metrics: dict) -> Optional[dict]:
+  """The scores the ledger kept for `run` with these final metrics, or None."""
+  kept = read(path).get(run, {}) if path else {}
+  return kept.get('scores') if kept.get('metrics') == metrics else None
+
+
 def scores(path: Optional[str], run: str, metrics: dict,
            compute: Callable[[], dict]) -> dict:
   """A run's reported scores: the ledger's, where it kept them for these
   final metrics (the run's folder and checkpoint may be gone), else
   compute()'s, then kept."""
-  records = read(path) if path else {}
-  kept = records.get(run, {})
-  if 'scores' in kept and kept['metrics'] == metrics:
-    return kept['scores']
+  kept = kept_scores(path, run, metrics)
+  if kept is not None:
+    return kept
   value = compute()
   if path:
     with _locked(path):

@@ -229,7 +229,7 @@ def main(argv):
           args.seeds, root, select='eval_loss', higher_is_better=False,
           score=score, base=base,
           log=lambda s: print(s, file=sys.stderr, flush=True),
-          ledger=ledger_lib.path_for(out))
+          ledger=ledger_lib.path_for(out), score_reads_checkpoint=True)
     results['tasks'][task]['records'].append(record)
     common.write_results(out, results, args.command)
   print(common.write_results(out, results, args.command))

@@ -105,7 +105,8 @@ def row(task: Task, method: str, m, root: str, seeds: int, max_extra: int,
     record = common.tune_and_repeat(
         task.spec, method, task.grid(method), seeds, root,
         select=task.select, higher_is_better=task.higher, score=task.score,
-        base=base, log=log, max_extra=max_extra, ledger=ledger)
+        base=base, log=log, max_extra=max_extra, ledger=ledger,
+        score_reads_checkpoint=task.lm)
   record.update(prefix_length=m, cost=None if unadapted else step_cost(
       task, {'method.name': method, **overrides}))
   return record

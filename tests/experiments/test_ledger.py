@@ -21,7 +21,7 @@ def trainings(monkeypatch):
   def fake_run_point(config, workdir):
     final = os.path.join(workdir, 'final_metrics.json')
     if not os.path.exists(final):
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(os.path.join(workdir, 'final'), exist_ok=True)
       workdir_lib.record_config(workdir, config)
       atomic.write_json(final, {
           'eval_loss': config.optimizer.lr + config.seed, 'commit': 'abc1234',
@@ -104,6 +104,38 @@ def test_scores_are_kept_with_the_run_they_score(tmp_path, trainings):
   record['metrics']['eval_loss'] = 9.0  # not what these scores were of
   assert ledger.scores(path, record['run'], record['metrics'],
                        lambda: {'bleu': 0.1}) == {'bleu': 0.1}
+
+
+def test_a_kept_run_never_scored_is_trained_again_to_be_scored(tmp_path,
+                                                              trainings):
+  """A table stopped between a run's training and its decode: the ledger
+  has the run without scores, and a fresh machine has no checkpoint to
+  decode. The run is trained again, scored, and its scores kept."""
+  root = str(tmp_path / 'runs' / 'e2e')
+  path = ledger.path_for(str(tmp_path / 'results' / 'e2e'))  # alone there
+  grid = [{'optimizer.lr': 0.01}, {'optimizer.lr': 0.03}]
+  for point, seed in [(grid[0], 0), (grid[1], 0), (grid[0], 1)]:
+    common.run_seed(SPEC, root, 'lora', point, seed, {}, path)
+  shutil.rmtree(tmp_path / 'runs')
+
+  def score(workdir, metrics):
+    assert os.path.isdir(os.path.join(workdir, 'final')), workdir
+    return {'bleu': 0.5}
+
+  kw = dict(select='eval_loss', higher_is_better=False, score=score,
+            log=lambda s: None, max_extra=0, ledger=path)
+  record = common.tune_and_repeat(SPEC, 'lora', grid, 2, root,
+                                  score_reads_checkpoint=True, **kw)
+  assert [r['scores'] for r in record['runs']] == [{'bleu': 0.5}] * 2
+  assert len(trainings) == 3 + 2  # the two scored runs, not the search's
+  kept = ledger.read(path)
+  assert kept['e2e/lora/lr=0.01,seed=1']['scores'] == {'bleu': 0.5}
+  assert 'scores' not in kept['e2e/lora/lr=0.03,seed=0']
+  # Kept with scores now: a fresh machine trains nothing.
+  shutil.rmtree(tmp_path / 'runs')
+  assert common.tune_and_repeat(SPEC, 'lora', grid, 2, root,
+                                score_reads_checkpoint=True, **kw) == record
+  assert len(trainings) == 5
 
 
 def test_runs_from_uncommitted_code_are_not_kept(tmp_path):
