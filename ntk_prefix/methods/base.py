@@ -107,19 +107,6 @@ class Method(Adapter):
   # (PEFT type, PEFT's arguments, our options for the same adapter).
   peft_peer: ClassVar[tuple] = ()
 
-  # Every leaf of the state is stacked [layers, ...] and indexed by layer.
-  layer_stacked: ClassVar[bool] = False
-
-  def layer_views(self, method_params):
-    """Stacked state as a tuple of layer slices per leaf: one split, whose
-    gradient is one concatenation. Indexing the stacked array in each layer
-    made autodiff pad every layer's gradient to the whole stack and sum the
-    padded copies (on SmolLM2, NTK-Attention's 30 x 4.4 MB, written and then
-    read by Adam)."""
-    if not self.layer_stacked:
-      return method_params
-    return jax.tree.map(lambda x: tuple(jnp.unstack(x)), method_params)
-
   def explicit_prefix(self, method_params) -> Optional[dict]:
     """{'k', 'v'} [layers, m, kv_heads, head_dim] of the explicit prefix
     in each layer's key space, or None for methods without one."""

@@ -57,10 +57,15 @@ class Mixed(Adapter):
             method_params['adapters'])
     return InputHook(prompt=_pick(hooks.prompt, rows))
 
-  def layer_hook(self, method_params, layer, hidden, mask, train, rng):
-    rows = method_params['row_adapter']
-    hooks = jax.vmap(lambda p: self.method.layer_hook(
-        p, layer, hidden, mask, False, None))(method_params['adapters'])
+  def layer_state(self, method_params):
+    return {'row_adapter': method_params['row_adapter'],
+            'adapters': jax.vmap(self.method.layer_state)(
+                method_params['adapters'])}
+
+  def layer_hook(self, layer_state, layer, hidden, mask, train, rng):
+    rows = layer_state['row_adapter']
+    hooks = jax.vmap(lambda s: self.method.layer_hook(
+        s, layer, hidden, mask, False, None))(layer_state['adapters'])
     ntk = None
     if hooks.ntk is not None:  # per-row state [b, heads, features, ...]
       projection = (None if hooks.ntk.projection is None else

@@ -63,6 +63,7 @@ class PrefixTuning(base.Method):
                                  'encoder_hidden_size': 512},
                {'length': 20, 'mlp_hidden': 512})
   mixable = True
+  layer_stacked = True  # of layer_state, the materialised prefix
   peft_type = 'PREFIX_TUNING'
   Options = Options
   presets = PRESETS
@@ -147,20 +148,15 @@ class PrefixTuning(base.Method):
     out = jnp.transpose(out, (2, 1, 0, 3, 4))
     return {'k': out[0], 'v': out[1]}
 
-  def layer_views(self, method_params):
-    """The prefix materialised once per forward pass and split per layer.
-    Materialised in each layer's hook instead, the forward was shared but
-    autodiff gave every layer a full-size w2 gradient from its slice and
-    summed them: on SmolLM2, 30 x 17.7M floats, and 4.47 s of kernel time a
-    step (batch 3 x 192) against 2.77 s now (`python -m benchmarks.profile
-    --method=prefix_tuning`). Scanned layers still materialise in the hook:
-    they take the stacked state, not these tuples."""
-    return jax.tree.map(lambda x: tuple(jnp.unstack(x)),
-                        self.materialize(method_params))
+  def layer_state(self, method_params):
+    """The prefix, materialised once per forward pass. Materialised in each
+    layer's hook instead, the forward was shared but autodiff gave every
+    layer a full-size w2 gradient from its slice and summed them: on
+    SmolLM2, 30 x 17.7M floats, and 4.47 s of kernel time a step (batch 3 x
+    192) against 2.77 s (`python -m benchmarks.profile
+    --method=prefix_tuning`)."""
+    return self.materialize(method_params)
 
-  def layer_hook(self, method_params, layer, hidden, mask, train, rng):
-    # Unrolled layers get layer_views' slices; scanned layers, decoding and
-    # mixed batches the MLP state, materialised here.
-    mat = (method_params if 'k' in method_params else
-           self.materialize(method_params))
-    return prefix_hook(self, mat['k'], mat['v'], layer, train, rng)
+  def layer_hook(self, layer_state, layer, hidden, mask, train, rng):
+    return prefix_hook(self, layer_state['k'], layer_state['v'], layer,
+                       train, rng)

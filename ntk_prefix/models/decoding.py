@@ -53,8 +53,9 @@ def decode(self: Transformer, method_params: Any, inputs: dict, cache: dict,
   slot_mask = jax.lax.dynamic_update_slice(
       cache['mask'], mask.astype(cache['mask'].dtype), (0, index))
   new_k, new_v, new_hooks = [], [], []
+  state = adapter.layer_state(method_params) if prefill else None
   for i, block in enumerate(self.blocks):
-    hook = (adapter.layer_hook(method_params, i, x, condition, False, None)
+    hook = (adapter.layer_hook(state, i, x, condition, False, None)
             if prefill else hooks[i])
     x, kv = block(x, slot_mask, positions, hook,
                   cache={'k': cache['k'][i], 'v': cache['v'][i],

@@ -83,9 +83,17 @@ class Adapter:
   def backbone_params(self, frozen_params: Any, method_params: Any) -> Any:
     return frozen_params
 
-  def layer_views(self, method_params: Any) -> Any:
-    """method_params as the unrolled layers' hooks receive them, made once
-    per forward pass; `layer_hook` indexes its layer either way."""
+  # Every leaf of `layer_state` is stacked [layers, ...]: unrolled layers
+  # then get it split once per forward pass, scanned layers their slice as
+  # the scan's input, so its gradient is one concatenation (indexing the
+  # stack in each layer makes autodiff pad every layer's gradient to the
+  # whole stack and sum the copies: on SmolLM2, NTK-Attention's 30 x 4.4 MB).
+  layer_stacked = False
+
+  def layer_state(self, method_params: Any) -> Any:
+    """What every layer's hook reads, made once per forward pass from
+    method_params (Prefix-Tuning: its MLP's output); every caller of
+    `layer_hook` passes this, never method_params."""
     return method_params
 
 

@@ -12,20 +12,25 @@ from ntk_prefix.models.hook_types import NO_LAYER_HOOK, Adapter
 
 
 class _LayerStep(nn.Module):
-  """One layer as a scan step: the method's hook for layer `index` (a traced
-  index: methods index their per-layer state with it), then the block."""
+  """One layer as a scan step: the method's hook for layer `index`, then the
+  block. `layer_state` is the adapter's (Adapter.layer_state): a stacked one
+  arrives as this layer's slice, handed to the hook as a one-layer stack (so
+  its gradient is stacked by the scan, not padded per layer); any other is
+  whole, indexed by the traced `index`."""
   cfg: ModelConfig
   adapter: Adapter
   remat: str
   impl: str
 
   @nn.compact
-  def __call__(self, x, index, mask, positions, method_params, condition,
+  def __call__(self, x, index, layer_state, mask, positions, condition,
                train, rng):
     hook = NO_LAYER_HOOK
-    if method_params is not None:
+    if layer_state is not None:
       layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-      hook = self.adapter.layer_hook(method_params, index, x, condition, train,
+      if self.adapter.layer_stacked:
+        layer_state, index = jax.tree.map(lambda a: a[None], layer_state), 0
+      hook = self.adapter.layer_hook(layer_state, index, x, condition, train,
                                      layer_rng)
     block = layers.maybe_remat(layers.Block, self.remat)
     return block(self.cfg, self.impl, name='block')(x, mask, positions,
@@ -34,9 +39,11 @@ class _LayerStep(nn.Module):
 
 def scanned_blocks(cfg: ModelConfig, adapter: Adapter, remat: str,
                    impl: str) -> nn.Module:
+  state_axis = 0 if adapter.layer_stacked else nn.broadcast
   step = nn.scan(_LayerStep, variable_axes={'params': 0},
                  split_rngs={'params': True},
-                 in_axes=(0,) + (nn.broadcast,) * 6, length=cfg.num_layers)
+                 in_axes=(0, state_axis) + (nn.broadcast,) * 5,
+                 length=cfg.num_layers)
   return step(cfg, adapter, remat, impl, name='layers')
 
 

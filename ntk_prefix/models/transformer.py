@@ -115,17 +115,18 @@ class Transformer(nn.Module):
                   rng, condition=None):
     """condition: the tokens a method may condition on (default: mask)."""
     condition = mask if condition is None else condition
+    state = self.adapter.layer_state(method_params) if use_adapter else None
     if self.scan_layers:
-      x, _ = self.scanned(x, jnp.arange(self.cfg.num_layers), mask, positions,
-                          method_params if use_adapter else None, condition,
-                          train, rng)
+      x, _ = self.scanned(x, jnp.arange(self.cfg.num_layers), state, mask,
+                          positions, condition, train, rng)
       return self.final_norm(x) if self.cfg.pre_norm else x
-    views = self.adapter.layer_views(method_params) if use_adapter else None
+    if use_adapter and self.adapter.layer_stacked:  # see Adapter.layer_stacked
+      state = jax.tree.map(lambda a: tuple(jnp.unstack(a)), state)
     for i, block in enumerate(self.blocks):
       hook = NO_LAYER_HOOK
       if use_adapter:
         layer_rng = None if rng is None else jax.random.fold_in(rng, i)
-        hook = self.adapter.layer_hook(views, i, x, condition, train,
+        hook = self.adapter.layer_hook(state, i, x, condition, train,
                                        layer_rng)
       x = block(x, mask, positions, hook)
     if self.cfg.pre_norm:

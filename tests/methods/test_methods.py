@@ -57,7 +57,8 @@ def test_ntk_attention_model_equals_numpy_layer(hf_checkpoint):
   x = np.random.RandomState(0).randn(3, 9, cfg.hidden_size).astype(np.float32)
   mask = batch['attention_mask']
   pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
-  hook = method.layer_hook(params, 0, x, mask, False, None)
+  hook = method.layer_hook(method.layer_state(params), 0, x, mask, False,
+                           None)
   attn = layers.SelfAttention(cfg)
   p = frozen['layer_0']['attn']
   ours = attn.apply({'params': p}, x, mask, pos, hook, None)
@@ -127,7 +128,8 @@ def test_p_tuning_v2_equals_numpy_concatenation(hf_checkpoint):
   x = np.random.RandomState(1).randn(2, 5, cfg.hidden_size).astype(np.float32)
   mask = np.ones((2, 5), np.int32)
   pos = np.arange(5)[None].repeat(2, 0)
-  hook = method.layer_hook(params, 1, x, mask, False, None)
+  hook = method.layer_hook(method.layer_state(params), 1, x, mask, False,
+                           None)
   p = frozen['layer_1']['attn']
   ours = layers.SelfAttention(cfg).apply({'params': p}, x, mask, pos, hook,
                                          None)

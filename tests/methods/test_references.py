@@ -159,7 +159,8 @@ def test_iapt_generator_equals_paper_equations(hf_checkpoint):
   h = rng.randn(2, 6, cfg.hidden_size).astype(np.float32)
   cond = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])  # instructions
   layer = 1
-  got = np.asarray(method.layer_hook(params, layer, jnp.asarray(h), cond,
+  got = np.asarray(method.layer_hook(method.layer_state(params), layer,
+                                     jnp.asarray(h), cond,
                                      False, None).prefix_hidden)
   p = {k: np.asarray(v[layer], np.float64) for k, v in params.items()}
   for b in range(2):

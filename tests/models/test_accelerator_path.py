@@ -58,6 +58,46 @@ def test_scanned_layers_equal_unrolled(hf_checkpoint, family, name):
   assert jax.tree.structure(unstacked) == jax.tree.structure(frozen)
 
 
+def _dot_runs(jaxpr, shape, times=1) -> int:
+  """How many times the program runs a dot_general whose result has
+  `shape` or its transpose: a scan's body counts once per iteration."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if (eqn.primitive.name == 'dot_general'
+        and eqn.outvars[0].aval.shape in (shape, shape[::-1])):
+      n += times
+    inner = times * eqn.params.get('length', 1)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          sub = sub.jaxpr
+        if isinstance(sub, jax.extend.core.Jaxpr):
+          n += _dot_runs(sub, shape, inner)
+  return n
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_prefix_mlp_gradient_is_computed_once(hf_checkpoint, scan):
+  """Prefix-Tuning's MLP output is every layer's prefix: its weight gradient
+  is one dot a step, not one per layer (each then summed), unrolled or
+  scanned. Forward: the MLP's output is one dot too."""
+  cfg, frozen, method, params, batch = _setup(hf_checkpoint, 'llama',
+                                              'prefix_tuning')
+  frozen = models.stack_layers(frozen, cfg.num_layers) if scan else frozen
+
+  def loss(p):
+    out = models.apply(cfg, frozen, p, batch, adapter=method, train=False,
+                       scan_layers=scan)
+    return jnp.sum(out['logits'])
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+  assert cfg.num_layers > 1
+  w2 = params['w2'].shape
+  out_shape = (params['embedding'].shape[0], w2[1])
+  assert _dot_runs(jaxpr, w2) == 1
+  assert _dot_runs(jaxpr, out_shape) == 1
+
+
 # A dot is "big" if one operand holds a sequence axis and another axis of
 # sequence, hidden, MLP or vocabulary size: the attention logits and mixing,
 # the projections, the MLP, the LM head. Sizes are chosen distinct.
