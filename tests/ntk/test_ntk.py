@@ -109,6 +109,33 @@ def test_trained_estimator_beats_closed_form_on_training_inputs():
   assert all(np.isfinite(r['error']) for r in rows)
 
 
+@pytest.mark.parametrize('features', [0, 16])
+def test_fit_objective_equals_ntk_attention(features):
+  """The trained estimator's objective precomputes what the state does not
+  change (phi(q), the input keys' softmax sums); its output is attend()'s
+  NTK-Attention, on causal GQA inputs with padding."""
+  rng = np.random.RandomState(0)
+  n, length, heads, kv_heads, dim = 3, 7, 4, 2, 8
+  qkv = tuple(jnp.asarray(rng.randn(n, length, h, dim), jnp.float32)
+              for h in (heads, kv_heads, kv_heads))
+  mask = np.ones((n, length), np.int32)
+  mask[1, 5:] = 0
+  mask[2, :2] = 0  # left padding: a query with no key but itself
+  prefix = jnp.asarray(rng.randn(1, 5, kv_heads, dim), jnp.float32)
+  prob = approximation.Problem(qkv, qkv, prefix, prefix, train_mask=mask,
+                               test_mask=mask, causal=True)
+  proj = (approximation.feature_projection('random', features, dim)
+          if features else None)
+  z, k = approximation.closed_form(prob, proj)
+  z = z + 0.1 * jnp.asarray(rng.randn(*z.shape), jnp.float32)
+  fixed = approximation.fixed_terms(prob, 'train', proj)
+  np.testing.assert_allclose(
+      approximation.combine(fixed, z, k),
+      approximation.head_major(approximation.estimate(prob, 'train', z, k,
+                                                      proj)),
+      rtol=1e-5, atol=1e-5)
+
+
 def test_random_features_error_falls_with_features():
   prob = approximation.random_problem(256, dim=8, length=4, n_train=4,
                                       n_test=8)
