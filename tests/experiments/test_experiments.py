@@ -277,7 +277,9 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir,
       f'--config.task.prepared_dir={prepared_dir}',
       '--config.total_steps=2', '--config.batch_size=8',
       '--config.task.max_length=64', '--config.decode.rows=3',
-      '--config.decode.max_new_tokens=4']
+      '--config.decode.max_new_tokens=4',
+      # One held-out batch, not the table's 200 rows (25 of 8).
+      '--config.task.eval_limit=16', '--config.eval_batch_size=16']
   command(lm, argv)
   results = json.loads((out / 'results.json').read_text())
   records = results['tasks']['e2e_nlg']['records']
@@ -318,7 +320,8 @@ def test_lm_table_command(hf_checkpoint, tmp_path, command, prepared_dir,
   from experiments import held_out
   config = common.configured('configs/lm.py:e2e_nlg', {
       'model.path': path, 'task.prepared_dir': str(prepared_dir),
-      'task.max_length': 64, 'method.name': 'none'})
+      'task.max_length': 64, 'method.name': 'none', 'task.eval_limit': 16,
+      'eval_batch_size': 16})
   frozen_loss = held_out.initial_losses(config, ['none'], 1)['none'][0]
   assert records[0]['runs'][0]['select'] == pytest.approx(frozen_loss)
   work.rename(tmp_path / 'elsewhere')  # a fresh clone: only the ledger
@@ -541,7 +544,8 @@ def test_prefix_length_command_on_a_decoder(hf_checkpoint, tmp_path, command,
       f'--config.task.prepared_dir={prepared_dir}',
       '--config.total_steps=2', '--config.batch_size=8',
       '--config.task.max_length=64', '--config.decode.rows=2',
-      '--config.decode.max_new_tokens=3'])
+      '--config.decode.max_new_tokens=3',
+      '--config.task.eval_limit=16', '--config.eval_batch_size=16'])
   results = json.loads((out / 'results.json').read_text())
   for r in results['records']:
     assert 0.0 <= r['runs'][0]['scores']['bleu'] <= 1.0, r['method']
