@@ -156,11 +156,11 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   """Seed 0 at every grid point, extended outward while the best sits at an
   end (search_outward); choose on `select` (held-out rows), then the chosen
   point at seeds 1.. . `score(workdir, metrics)` returns the reported
-  metrics of one finished run (e.g. dev accuracy, BLEU; set
-  `score_reads_checkpoint` where it decodes from the run's folder): it is called for
-  the chosen point's runs only, so a generation table decodes 3 runs a row,
-  not every point searched, and no reported score of a point that was not
-  chosen exists to be looked at. `base` overrides apply to every run;
+  metrics of one finished run (e.g. dev accuracy, BLEU; pass
+  `score_reads_checkpoint` where it decodes the run's checkpoint): it is
+  called for the chosen point's runs only, so a generation table decodes 3
+  runs a row, not every point searched, and no reported score of a point
+  that was not chosen exists to be looked at. `base` overrides apply to every run;
   finished runs and their scores are kept in `ledger` (experiments.ledger).
   """
   search, finished = [], []
@@ -169,7 +169,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   def scored(workdir, metrics, point, seed):
     """(scores, metrics) of a finished run."""
     run = run_key(root, workdir)
-    if (score_reads_checkpoint and not os.path.exists(os.path.join(workdir, 'final'))
+    checkpoint = os.path.join(workdir, 'final')
+    if (score_reads_checkpoint and not os.path.exists(checkpoint)
         and ledger_lib.kept_scores(ledger, run, metrics) is None):
       # In the ledger, stopped before it was scored, its folder on another
       # machine: trained again (from a commit, so reproducibly) to be scored.
