@@ -28,8 +28,9 @@ import numpy as np
 import optax
 
 from ntk_prefix.models.attention import attend
-from ntk_prefix.models.features import feature_map, prefix_summary
+from ntk_prefix.models.features import prefix_summary
 from ntk_prefix.models.hooks import NtkState
+from ntk_prefix.ntk import fixed_terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,56 +150,6 @@ def closed_form(problem: Problem, projection: Optional[jax.Array]) -> tuple:
   return jnp.repeat(z, groups, axis=0), jnp.repeat(k, groups, axis=0)
 
 
-def fixed_terms(problem: Problem, split: str,
-                projection: Optional[jax.Array]) -> dict:
-  """What NTK-Attention over `split`'s inputs computes that the state does
-  not change, heads leading and the n x L queries flattened (the layout of
-  the matmul with the state, so a step transposes nothing): phi(q) [heads,
-  N, r], and the softmax sums over the input's own keys (num [heads, N, d],
-  den [heads, N]) shifted by their peak. Fitting then costs a matmul with
-  the state a step, not the L x L attention again."""
-  q, k, v = getattr(problem, split)
-  groups = q.shape[2] // k.shape[2]
-  k, v = (jnp.repeat(a.astype(jnp.float32), groups, axis=2) for a in (k, v))
-  q = q.astype(jnp.float32)
-  logits = jnp.einsum('nqhd,nkhd->hnqk', q, k) / jnp.sqrt(
-      jnp.float32(q.shape[-1]))
-  mask = problem.mask(split)
-  valid = jnp.ones(logits.shape[-1:], bool) if mask is None else (
-      jnp.asarray(mask, bool)[None, :, None, :])
-  if problem.causal:
-    valid = valid & jnp.tril(jnp.ones(logits.shape[-2:], bool))
-  logits = jnp.where(valid, logits, -jnp.inf)
-  peak = jnp.max(logits, axis=-1)
-  peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
-  weights = jnp.exp(logits - peak[..., None])
-  heads = q.shape[2]
-  return {'phi': head_major(feature_map(q, projection)),
-          'peak': peak.reshape(heads, -1),
-          'num': jnp.einsum('hnqk,nkhd->hnqd', weights, v).reshape(
-              heads, -1, v.shape[-1]),
-          'den': jnp.sum(weights, -1).reshape(heads, -1)}
-
-
-def head_major(x: jax.Array) -> jax.Array:
-  """[n, L, heads, d] -> [heads, n * L, d]."""
-  return jnp.transpose(x, (2, 0, 1, 3)).reshape(x.shape[2], -1, x.shape[3])
-
-
-def combine(fixed: dict, z: jax.Array, k_sum: jax.Array) -> jax.Array:
-  """NTK-Attention's output [heads, N, d] from `fixed_terms` and a state (z
-  [heads, r, d], k [heads, r]): estimate()'s, rounding apart. The shift
-  cancels; it keeps the exponentials finite."""
-  num = jnp.matmul(fixed['phi'], z)
-  den = jnp.matmul(fixed['phi'], jnp.abs(k_sum)[..., None])[..., 0]
-  shift = jax.lax.stop_gradient(jnp.maximum(
-      jnp.maximum(fixed['peak'], jnp.log(jnp.maximum(den, 1e-30))), -80.0))
-  keys, state = jnp.exp(fixed['peak'] - shift), jnp.exp(-shift)
-  num = fixed['num'] * keys[..., None] + num * state[..., None]
-  den = fixed['den'] * keys + den * state
-  return num / jnp.where(den > 0, den, 1.0)[..., None]
-
-
 def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
         lr: float = 1e-2) -> tuple:
   """Z and k trained by Adam on the training inputs' targets.
@@ -210,9 +161,9 @@ def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
   scale = jnp.maximum(jnp.mean(jnp.abs(k0)), 1e-6)
   goal = target(problem, 'train')
   weights = _weights(goal, problem.mask('train'))
-  data = {'fixed': fixed_terms(problem, 'train', projection),
-          'goal': head_major(goal),
-          'weights': head_major(
+  data = {'fixed': fixed_terms.fixed_terms(problem, 'train', projection),
+          'goal': fixed_terms.head_major(goal),
+          'weights': fixed_terms.head_major(
               jnp.broadcast_to(weights, goal.shape[:3] + (1,))),
           'scale': scale}
   params = {'z': z0 / scale, 'k': k0 / scale}
@@ -221,8 +172,8 @@ def fit(problem: Problem, projection: Optional[jax.Array], steps: int = 300,
 
 
 def _fit_loss(params, data):
-  out = combine(data['fixed'], params['z'] * data['scale'],
-                params['k'] * data['scale'])
+  out = fixed_terms.combine(data['fixed'], params['z'] * data['scale'],
+                            params['k'] * data['scale'])
   goal, w = data['goal'], data['weights']  # [heads, N, d], [heads, N, 1]
   # The mean over real elements (exactly jnp.mean without a mask).
   return jnp.sum(w * (out - goal) ** 2) / (jnp.sum(w) * goal.shape[2])

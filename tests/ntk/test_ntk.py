@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ntk_prefix import checkpoints, methods, models
-from ntk_prefix.ntk import approximation, kernel, stylized
+from ntk_prefix.ntk import approximation, fixed_terms, kernel, stylized
 
 
 def _toy():
@@ -128,10 +128,10 @@ def test_fit_objective_equals_ntk_attention(features):
           if features else None)
   z, k = approximation.closed_form(prob, proj)
   z = z + 0.1 * jnp.asarray(rng.randn(*z.shape), jnp.float32)
-  fixed = approximation.fixed_terms(prob, 'train', proj)
+  fixed = fixed_terms.fixed_terms(prob, 'train', proj)
   np.testing.assert_allclose(
-      approximation.combine(fixed, z, k),
-      approximation.head_major(approximation.estimate(prob, 'train', z, k,
+      fixed_terms.combine(fixed, z, k),
+      fixed_terms.head_major(approximation.estimate(prob, 'train', z, k,
                                                       proj)),
       rtol=1e-5, atol=1e-5)
 
