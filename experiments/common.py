@@ -176,9 +176,7 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
       # machine: trained again (from a commit, so reproducibly) to be scored.
       log(f'  {method} {point_name(point)},seed={seed}: kept without '
           'scores and its checkpoint is not here; training it again')
-      metrics = run_point(configured(spec, {
-          **base, **method_overrides(method), **point, 'seed': seed}),
-          workdir)
+      _, metrics = run_seed(spec, root, method, point, seed, base)
       ledger_lib.add(ledger, run, workdir_lib.recorded_config(workdir),
                      metrics)
     return ledger_lib.scores(ledger, run, metrics,
