@@ -63,13 +63,13 @@ def encode(task_name: str, rows: list, tokenizer, max_length: int,
     arrays.update(loss_mask=loss_mask, prompt_mask=prompt_mask)
     prompt_fmt, target_fmt = PROMPTS[task_name]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for i, r in enumerate(rows):
-      fields = {'text': text(r, 'text'), 'target': text(r, 'target')}
-      p = tokenizer(prompt_fmt.format(**fields),
-                    add_special_tokens=False)['input_ids']
-      t = tokenizer(target_fmt.format(**fields),
-                    add_special_tokens=False)['input_ids'] + eos
-      seq = _cut(p + t, max_length, truncate, f'{task_name} example {i}')
+    fields = [{'text': text(r, 'text'), 'target': text(r, 'target')}
+              for r in rows]
+    # One call per split, not per row: the fast tokenizer batches in Rust.
+    prompts = _ids(tokenizer, [prompt_fmt.format(**f) for f in fields])
+    targets = _ids(tokenizer, [target_fmt.format(**f) for f in fields])
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+      seq = _cut(p + t + eos, max_length, truncate, f'{task_name} example {i}')
       L = len(seq)
       ids[i, :L], mask[i, :L] = seq, 1
       prompt_mask[i, :min(len(p), L)] = 1
@@ -78,17 +78,30 @@ def encode(task_name: str, rows: list, tokenizer, max_length: int,
     return Dataset(arrays, lengths)
   arrays['token_type_ids'] = types
   arrays['labels'] = np.array([r['label'] for r in rows], np.int32)
-  for i, r in enumerate(rows):
-    a, b = text(r, 'text'), text(r, 'text_b')
-    enc = tokenizer(a, b or None, truncation=False)
-    seq = _cut(enc['input_ids'], max_length, truncate,
-               f'{task_name} example {i}')
+  firsts = [text(r, 'text') for r in rows]
+  seconds = [text(r, 'text_b') or None for r in rows]
+  if not n:
+    encoded = {'input_ids': []}
+  elif all(seconds):
+    encoded = tokenizer(firsts, seconds, truncation=False)
+  elif not any(seconds):
+    encoded = tokenizer(firsts, truncation=False)
+  else:  # a split mixing pairs and single texts: a call per row
+    each = [tokenizer(a, b, truncation=False) for a, b in zip(firsts, seconds)]
+    encoded = {k: [e[k] for e in each] for k in each[0]}
+  types_of = encoded.get('token_type_ids')
+  for i, seq in enumerate(encoded['input_ids']):
+    seq = _cut(seq, max_length, truncate, f'{task_name} example {i}')
     L = len(seq)
     ids[i, :L], mask[i, :L] = seq, 1
-    if 'token_type_ids' in enc:
-      types[i, :L] = enc['token_type_ids'][:L]
+    if types_of is not None:
+      types[i, :L] = types_of[i][:L]
     lengths[i] = L
   return Dataset(arrays, lengths, len(task.labels))
+
+
+def _ids(tokenizer, texts: list) -> list:
+  return tokenizer(texts, add_special_tokens=False)['input_ids'] if texts else []
 
 
 class TfdsColumn:
@@ -136,6 +149,20 @@ def load_tfds_images(task_name: str, split: str, *, data_dir: str,
                  np.ones(len(rows), np.int32), num_classes)
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+  """What an encoding depends on: the tokenizer's vocabulary, rules and
+  special tokens, not the folder it was read from (a path would reuse a
+  stale encoding after the folder's tokenizer changed, and encode the same
+  tokenizer again for every copy of it)."""
+  if tokenizer is None:
+    return ''
+  backend = getattr(tokenizer, 'backend_tokenizer', None)
+  body = (backend.to_str() if backend is not None else
+          repr(sorted(tokenizer.get_vocab().items())))
+  return hashlib.sha1((body + repr(sorted(
+      tokenizer.special_tokens_map.items()))).encode()).hexdigest()
+
+
 def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
          data_dir: str, max_length: int, truncate: bool, limit: int = -1,
          image_size: int = 0, cache: bool = True,
@@ -145,9 +172,8 @@ def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
     return load_tfds_images(task_name, split, data_dir=data_dir,
                             image_size=image_size, limit=limit)
   rows_key = f'{task_name}-{split}-{max_length}-{truncate}-{limit}-{image_size}'
-  tok_key = getattr(tokenizer, 'name_or_path', '') + str(
-      len(tokenizer) if tokenizer is not None else 0)
-  digest = hashlib.sha1((rows_key + tok_key).encode()).hexdigest()[:12]
+  digest = hashlib.sha1(
+      (rows_key + tokenizer_fingerprint(tokenizer)).encode()).hexdigest()[:12]
   path = os.path.join(data_dir, 'tokenized', f'{rows_key}-{digest}.npz')
   if cache and os.path.exists(path):
     with np.load(path) as f:
