@@ -3,13 +3,13 @@ prefix length m, with NTK-Attention as the m -> infinity point.
 
   python -m experiments.prefix_length --task=sst2      # MiniLM, dev accuracy
   python -m experiments.prefix_length --task=e2e_nlg   # SmolLM2, BLEU
-      [--lengths=1,4,16,64,256,1024] [--seeds=3] \
+      [--lengths=1,4,16,64,256,1024] [--seeds=3] [--methods=NAME,...] \
       [--config=configs/nlu.py --config.KEY=VALUE ...]  # lm.py for e2e_nlg
 
 Every explicit-prefix method (methods.PREFIX_METHODS: P-Tuning v2,
 Prefix-Tuning) at every m; as reference lines the m = infinity method
 (NTK-Attention), the weight-space methods (LoRA, full fine-tuning) and the
-frozen model: each row searched and repeated exactly as the main tables do
+frozen model (--methods keeps some of these rows, in this order): each row searched and repeated exactly as the main tables do
 (configs/nlu.py or configs/lm.py sizes, the extending learning-rate search,
 seeds). Each configuration's train-step time and XLA peak memory are
 measured on one training batch. The compressed points: each prefix
@@ -161,7 +161,10 @@ def main(argv):
   name = flags.TASK.value or 'sst2'
   table = init_loss.table_for(name)
   args = flags.parsed(argv, 'experiments.prefix_length', table.CONFIG,
-                      table.WORKDIR, unused=('methods', 'full', 'tasks'))
+                      table.WORKDIR, methods=PREFIX_METHODS + REFERENCES,
+                      unused=('full', 'tasks'))
+  for method in args.methods:
+    flags.one_of('methods', method, PREFIX_METHODS + REFERENCES)
   base = args.base
   task = Task(name, base)
   out = args.out or results_folder(name)
@@ -183,7 +186,7 @@ def main(argv):
           f'of each configuration on one batch of this machine '
           f'({provenance.device()}).' + common.precision_note(c))}
   largest = {}  # method -> (its record at the largest m, its run root)
-  for method in PREFIX_METHODS:
+  for method in [m for m in args.methods if m in PREFIX_METHODS]:
     for m in lengths:
       root = common.run_root(args.workdir, f'{name}-m{m}', base)
       log(f'== {method} m={m}')
@@ -193,7 +196,7 @@ def main(argv):
       if m == max(lengths):
         largest[method] = (record, root)
       write(out, results, args.command, figure=False)
-  for method in REFERENCES:
+  for method in [m for m in args.methods if m in REFERENCES]:
     log(f'== {method}')
     root = common.run_root(args.workdir, name, base)
     results['records'].append(row(task, method, None, root, args.seeds,

@@ -46,8 +46,10 @@ def test_mistakes_are_refused_with_the_fix(tmp_path):
   assert 'pass --config=configs/lm.py' in other.stderr
   task = run('experiments.lm', work, '--task=sst2')
   assert task.returncode != 0 and "--task=sst2: not one of" in task.stderr
-  unused = run('experiments.prefix_length', work, '--methods=lora')
+  unused = run('experiments.prefix_length', work, '--full')
   assert unused.returncode != 0
-  assert '--methods: experiments.prefix_length has no such option' in \
+  assert '--full: experiments.prefix_length has no such option' in \
       unused.stderr
+  row = run('experiments.prefix_length', work, '--methods=lora,iapt')
+  assert row.returncode != 0 and '--methods=iapt: not one of' in row.stderr
   assert not os.listdir(tmp_path)  # nothing ran
