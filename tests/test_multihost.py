@@ -61,27 +61,12 @@ def one_process(tmp_path_factory):
   return workdir
 
 
-def test_two_processes_equal_one_and_one_writer(one_process, tmp_path):
-  proc = _launch(str(tmp_path), OVERRIDES)
-  out, _ = proc.communicate(timeout=900)
-  assert proc.returncode == 0, out[-3000:]
-  assert "mesh {'data': 4, 'model': 1}" in out
-  assert '[0] ' in out and '[1] ' in out
-  rows = _rows(str(tmp_path))
-  # One line per logged step: a second writer would duplicate them.
-  train_steps = [r['step'] for r in rows if 'train_loss' in r]
-  assert train_steps == list(range(3, STEPS + 1, 3))
-  assert [r['step'] for r in rows if 'eval_loss' in r] == [STEPS // 2, STEPS]
-  _compare(_rows(one_process), rows)
-  final = json.loads((tmp_path / 'final_metrics.json').read_text())
-  ref = json.loads(open(os.path.join(one_process,
-                                     'final_metrics.json')).read())
-  for k in ('eval_loss', 'eval_accuracy'):
-    np.testing.assert_allclose(final[k], ref[k], rtol=1e-5)
-
-
-def test_sigkill_of_one_process_stops_the_run_and_it_resumes(one_process,
-                                                             tmp_path):
+def test_two_processes_equal_one_one_writer_and_a_kill_resumes(one_process,
+                                                               tmp_path):
+  """Two processes are killed (one of them, by SIGKILL) after a checkpoint;
+  the same command resumes, and the run's rows and final metrics are the
+  one-process run's, each written once. One run proves both: a resumed run
+  equals an uninterrupted one (tests/test_train.py)."""
   workdir = str(tmp_path)
   proc = _launch(workdir, OVERRIDES)
   lines = []
@@ -113,4 +98,16 @@ def test_sigkill_of_one_process_stops_the_run_and_it_resumes(one_process,
   out, _ = again.communicate(timeout=900)
   assert again.returncode == 0, out[-3000:]
   assert 'resumed from step' in out
-  _compare(_rows(one_process), _rows(workdir))
+  assert "mesh {'data': 4, 'model': 1}" in out
+  assert '[0] ' in out and '[1] ' in out
+  rows = _rows(workdir)
+  # One line per logged step: a second writer would duplicate them.
+  train_steps = [r['step'] for r in rows if 'train_loss' in r]
+  assert train_steps == list(range(3, STEPS + 1, 3))
+  assert [r['step'] for r in rows if 'eval_loss' in r] == [STEPS // 2, STEPS]
+  _compare(_rows(one_process), rows)
+  final = json.loads((tmp_path / 'final_metrics.json').read_text())
+  ref = json.loads(open(os.path.join(one_process,
+                                     'final_metrics.json')).read())
+  for k in ('eval_loss', 'eval_accuracy'):
+    np.testing.assert_allclose(final[k], ref[k], rtol=1e-5)
