@@ -59,10 +59,11 @@ def test_gathered_chunked_loss_equals_full_logits(hf_checkpoint, family,
     return loss_and_metrics({'method': p}, frozen, batch, None,
                                   s=setup, train=False)
 
-  (loss, sums), grads = jax.value_and_grad(ours, has_aux=True)(params)
-  (ref_loss, ref_sums), ref_grads = jax.value_and_grad(
+  (loss, sums), grads = jax.jit(jax.value_and_grad(ours, has_aux=True))(
+      params)
+  (ref_loss, ref_sums), ref_grads = jax.jit(jax.value_and_grad(
       lambda p: _reference(cfg, frozen, p, method, batch),
-      has_aux=True)(params)
+      has_aux=True))(params)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   for k in ref_sums:
     np.testing.assert_allclose(sums[k], ref_sums[k], rtol=1e-6, err_msg=k)

@@ -100,10 +100,9 @@ def test_packed_rows_give_the_unpacked_loss_and_gradients(
     return loss_and_metrics({'method': p}, frozen, batch, None, s=setup,
                             train=False)
 
-  (ref, ref_sums), ref_grads = jax.value_and_grad(loss, has_aux=True)(
-      params, plain)
-  (out, sums), grads = jax.value_and_grad(loss, has_aux=True)(params,
-                                                              packed)
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (ref, ref_sums), ref_grads = grad(params, plain)
+  (out, sums), grads = grad(params, packed)
   assert float(sums['count']) == sum(a for _, a in SHAPES)
   np.testing.assert_allclose(out, ref, rtol=1e-5)
   np.testing.assert_allclose(sums['correct'], ref_sums['correct'])

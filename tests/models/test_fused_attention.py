@@ -34,8 +34,8 @@ def _loss(impl, case, causal, prefix, use_ntk):
     return jnp.sum(out * weights), out
   args = (case['q'], case['k'], case['v'], case['pk'], case['pv'],
           case['ntk'])
-  (_, out), grads = jax.value_and_grad(f, argnums=range(6), has_aux=True)(
-      *args)
+  (_, out), grads = jax.jit(jax.value_and_grad(f, argnums=range(6),
+                                               has_aux=True))(*args)
   return out * case['mask'][:, :, None, None], grads
 
 
