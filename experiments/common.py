@@ -190,8 +190,9 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                    'device': metrics.get('device', ''),
                    'commit': metrics.get('commit', ''),
                    'trainable_params': metrics['trainable_params']})
+    wall = metrics['wall_seconds']
     log(f'  {method} {point_name(point)}: {select}={metrics[select]:.4f} '
-        f'({metrics["wall_seconds"]:.0f} s)')
+        f'({"?" if wall is None else f"{wall:.0f}"} s)')
     return metrics[select]
 
   _, values, edge = search_outward(grid, evaluate,

@@ -102,8 +102,9 @@ def task_table(task: str, block: dict, results: dict) -> list:
         f"{p['overrides'].get('optimizer.lr', '')}: {p['select']:.3f}"
         for p in points) or '—')
     cells.append(str(runs_spent(r)))
-    walls = [run['wall_seconds'] for run in r['runs']]
-    cells.append(f'{sum(walls) / len(walls):.0f}')
+    walls = [run['wall_seconds'] for run in r['runs']
+             if run['wall_seconds'] is not None]  # None: not recorded
+    cells.append(f'{sum(walls) / len(walls):.0f}' if walls else '—')
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
 

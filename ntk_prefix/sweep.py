@@ -10,7 +10,6 @@ not rerun.
 import csv
 import json
 import os
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -32,23 +31,21 @@ def points(spec: str) -> list:
 
 
 def run_point(config, workdir: str) -> dict:
-  """Trains one run into workdir (resuming from its checkpoints) and adds
-  its wall time to final_metrics.json; a finished run is read, not rerun."""
-  code = provenance.process_commit()  # asked before the code is imported
+  """Trains one run into workdir (resuming from its checkpoints) and returns
+  its final metrics (with the wall time, device and commit of the training
+  that finished it); a finished run is read, not rerun."""
+  provenance.process_commit()  # asked before the code is imported
   from ntk_prefix import train
   final = os.path.join(workdir, 'final_metrics.json')
   check_same_config(config, workdir)
   if not os.path.exists(final):
-    t0 = time.time()
     train.train_and_evaluate(config, workdir)
-    with open(final) as f:
-      metrics = json.load(f)
-    metrics['wall_seconds'] = round(time.time() - t0, 1)
-    metrics['device'] = provenance.device()
-    metrics['commit'] = code  # the code that trained it
-    atomic.write_json(final, metrics)
   with open(final) as f:
-    return json.load(f)
+    metrics = json.load(f)
+  # Runs finished before train wrote these itself, and killed before the
+  # sweep added them: the training's time and code were not recorded.
+  metrics.setdefault('wall_seconds', None)
+  return metrics
 
 
 def check_same_config(config, workdir: str) -> None:

@@ -23,7 +23,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ntk_prefix import atomic, checkpointing, cli, distributed, export
-from ntk_prefix import methods
+from ntk_prefix import methods, provenance
 from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.data import batches
 from ntk_prefix.build import best_metric_direction, build, init_trainable
@@ -65,6 +65,7 @@ def step_batch(s, step: int) -> dict:
 
 def _train(config, workdir: str) -> dict:
   import orbax.checkpoint as ocp
+  t0, code = time.time(), provenance.process_commit()  # the code that trains
   s = build(config)
   frozen, frozen_sharding = place_frozen(s)
   opt, schedule = make_optimizer(config, s.method.no_decay)
@@ -160,9 +161,12 @@ def _train(config, workdir: str) -> dict:
   if writer:
     export.save(os.path.join(workdir, 'final'), s.method, trainable['method'],
                 config.model.path, trainable.get('head'))
+    # One write: a run stopped before it has no final metrics at all.
     atomic.write_json(os.path.join(workdir, 'final_metrics.json'),
                       {'step': config.total_steps, **metrics,
-                       'trainable_params': n_trainable})
+                       'trainable_params': n_trainable,
+                       'wall_seconds': round(time.time() - t0, 1),
+                       'device': provenance.device(), 'commit': code})
   return metrics
 
 

@@ -27,6 +27,10 @@ def test_loss_falls_and_outputs_written(tiny_encoder, prepared_dir, tmp_path):
                'final/method_state.safetensors', 'best/method.json'):
     assert os.path.exists(tmp_path / name), name
   assert os.listdir(tmp_path / 'tensorboard')
+  # Written at once with the metrics: a kill leaves all of it or none.
+  final = json.loads((tmp_path / 'final_metrics.json').read_text())
+  assert final['wall_seconds'] > 0 and final['device'] == 'cpu'
+  assert final['commit'] and final['eval_accuracy'] == metrics['eval_accuracy']
   rows = read_metrics(str(tmp_path))
   assert {'step', 'train_loss', 'learning_rate',
           'examples_per_second'} <= set(rows[0])
@@ -203,3 +207,16 @@ def test_vision_pipeline_check_on_digits(hf_checkpoint, prepared_dir,
   correct = metrics['eval_accuracy'] * 32  # eval_limit rows of the digits
   assert abs(correct - round(correct)) < 1e-6, correct
   assert np.isfinite(metrics['eval_loss'])
+
+
+def test_a_finished_run_from_before_its_wall_time_was_kept_is_read(tmp_path):
+  """A table killed between training's final write and its own stamp (the
+  code before train wrote the wall time itself) left final metrics without
+  a wall time: read as not recorded, neither a crash nor a retraining."""
+  from ntk_prefix import sweep
+  (tmp_path / 'final_metrics.json').write_text(json.dumps(
+      {'step': 40, 'eval_loss': 1.19, 'trainable_params': 5760}))
+  c = config_lib.get_config(os.path.join(REPO, 'configs/default.py:runlocal'))
+  metrics = sweep.run_point(c, str(tmp_path))
+  assert metrics['wall_seconds'] is None and metrics['eval_loss'] == 1.19
+  assert os.listdir(tmp_path) == ['final_metrics.json']  # nothing trained
