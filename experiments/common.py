@@ -3,7 +3,6 @@ same budget per method, seeds, and a results folder stamped with the
 command, commit and date."""
 import hashlib
 import json
-import math
 import os
 import sys
 from typing import Callable, Optional
@@ -11,6 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from experiments import ledger as ledger_lib, render
+from experiments.search import MAX_EXTRA_POINTS, search_outward
 from ntk_prefix import atomic, config as config_lib, provenance
 from ntk_prefix import workdir as workdir_lib
 from ntk_prefix.sweep import point_name, run_point
@@ -83,66 +83,12 @@ def run_key(root: str, workdir: str) -> str:
   return os.path.relpath(workdir, os.path.dirname(os.path.normpath(root)))
 
 
-# The search extends its grid outward while the best score sits at an end,
-# by this many points at most (the same rule for every method).
-MAX_EXTRA_POINTS = 4
-SEARCH_KEY = 'optimizer.lr'
-SEARCH_RULE = (
-    'extended outward (next rate on the 1-3-10 ladder) while the best '
-    f'held-out score sits at an end, by at most {MAX_EXTRA_POINTS} points; '
-    'a choice still at an end when the cap is reached is flagged as at '
-    'the edge in its chosen column')
-
-
 def precision_note(c) -> str:
   """The runs' compute precision, for a caption ('' in float32)."""
   if c.model.dtype == 'float32':
     return ''
   return (f' Frozen weights in {c.model.dtype}, every matmul accumulated in '
           'float32; method state, optimizer and softmax statistics float32.')
-
-
-def next_rate(value: float, up: bool) -> float:
-  """The next point outward on the 1-3-10 ladder the grids are written on
-  (x3 or /3 elsewhere)."""
-  k = math.floor(math.log10(value) + 1e-9)
-  mantissa = round(value / 10 ** k, 6)
-  if mantissa in (1.0, 3.0):
-    ladder = {(1.0, True): 3 * 10 ** k, (3.0, True): 10 ** (k + 1),
-              (1.0, False): 3 * 10 ** (k - 1), (3.0, False): 10 ** k}
-    return float(f'{ladder[mantissa, up]:.3g}')
-  return float(f'{value * 3 if up else value / 3:.3g}')
-
-
-def search_outward(grid: list, evaluate: Callable[[dict], float], *,
-                   higher_is_better: bool, key: str = SEARCH_KEY,
-                   max_extra: int = MAX_EXTRA_POINTS) -> tuple:
-  """Evaluates every point of `grid`; then, while the best value sits at the
-  lowest or highest `key` searched, evaluates the next point beyond it
-  (the best point's other overrides kept), up to `max_extra` more.
-
-  Returns (points in the order run, values, edge), edge being 'top' or
-  'bottom' if the best is still at that end, else ''.
-  """
-  points, values = list(grid), [evaluate(p) for p in grid]
-  while True:
-    sign = 1.0 if higher_is_better else -1.0
-    best = max(sign * v for v in values)
-    best_keys = {p[key] for p, v in zip(points, values) if sign * v == best}
-    searched = sorted({p[key] for p in points})
-    # An end counts only if no interior point ties with it.
-    ends = best_keys & {searched[0], searched[-1]}
-    edge = ''
-    if len(searched) > 1 and ends and best_keys <= ends:
-      edge = 'top' if searched[-1] in best_keys else 'bottom'
-    if not edge or len(points) - len(grid) >= max_extra:
-      return points, values, edge
-    at = searched[-1] if edge == 'top' else searched[0]
-    anchor = next(p for p, v in zip(points, values)
-                  if p[key] == at and sign * v == best)
-    point = {**anchor, key: next_rate(at, edge == 'top')}
-    points.append(point)
-    values.append(evaluate(point))
 
 
 def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
@@ -154,7 +100,7 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     ledger: Optional[str] = None,
                     score_reads_checkpoint: bool = False) -> dict:
   """Seed 0 at every grid point, extended outward while the best sits at an
-  end (search_outward); choose on `select` (held-out rows), then the chosen
+  end (search.search_outward); choose on `select` (held-out rows), then the chosen
   point at seeds 1.. . `score(workdir, metrics)` returns the reported
   metrics of one finished run (e.g. dev accuracy, BLEU; pass
   `score_reads_checkpoint` where it decodes the run's checkpoint): it is

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from experiments import common, flags, held_out, papers
+from experiments import common, flags, held_out, papers, search
 from experiments import ledger as ledger_lib
 from experiments.scoring import SCORERS
 from ntk_prefix import config as config_lib, methods, provenance
@@ -182,7 +182,7 @@ def caption(c, task: str, full: bool) -> str:
   return (f'{size}: {c.total_steps} steps × batch {c.batch_size} on '
           f'`{c.task.train_split}` (at most {c.task.max_length} tokens), lr '
           f'chosen by the token loss on `{c.task.eval_split}` (grid in '
-          f'configs/lm.py, {common.SEARCH_RULE}); {rows} test '
+          f'configs/lm.py, {search.SEARCH_RULE}); {rows} test '
           f'{unit} decoded {how} (at most {d.max_new_tokens} new tokens). '
           '`none` is the model before adaptation (deterministic decoding: one '
           f'run). {metric} s/run is a training run\'s wall time without '

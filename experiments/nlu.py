@@ -9,7 +9,7 @@ Runs live in --workdir (resumable; finished runs are read, not rerun);
 results.json, table.md and metric_vs_params.png go to --out. Sizes and the
 search space are in configs/nlu.py.
 """
-from experiments import common, flags, papers
+from experiments import common, flags, papers, search
 from ntk_prefix import config as config_lib
 
 CONFIG = 'configs/nlu.py'
@@ -51,7 +51,7 @@ def main(argv):
       ': ' + '; '.join(sizes) + '. Every method: the same steps, a '
       f"{len(module.get_search_space(tasks[0] + size)['none'])}-point "
       'learning-rate grid with seed 0 (configs/nlu.py), '
-      f'{common.SEARCH_RULE}, then the chosen '
+      f'{search.SEARCH_RULE}, then the chosen '
       f'rate at seeds 1..{args.seeds - 1}. The reported dev set is never '
       'used for a choice. `none` trains the classifier head alone.')
   print(common.classification_tables(

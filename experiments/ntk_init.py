@@ -8,7 +8,7 @@ before the first step and after training at the table's budget (its
 configs/ sizes), on the rows that choose the learning rate; no decoding.
 Each init's rates are searched as the tables search theirs, with seed 0:
 --lrs, extended outward while the best held-out loss sits at an end
-(common.search_outward), so each init is compared at its own best rate,
+(experiments.search), so each init is compared at its own best rate,
 which then trains at seeds 1..--seeds-1 too (the tables' seeds).
 Writes experiments/results/<table>/ntk_init_<task>.md. Runs resume.
 """
@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 from absl import flags as absl_flags
 
-from experiments import common, flags, held_out, init_loss, lm, nlu
+from experiments import common, flags, held_out, init_loss, lm, nlu, search
 from experiments import render as render_lib
 from experiments import ledger as ledger_lib
 from ntk_prefix import atomic, config as config_lib, provenance
@@ -53,20 +53,20 @@ def measure(task: str, lrs: list, base: dict, workdir: str,
       _, metrics = common.run_seed(spec, root, method, {**options, **point},
                                    0, base, ledger)
       commits.add(metrics.get('commit', ''))
-      lr = point[common.SEARCH_KEY]
+      lr = point[search.SEARCH_KEY]
       trained[lr] = {k: metrics[k] for k in metrics
                      if k.startswith(('eval_', 'test_'))}
       print(f'{label} lr={lr}: {trained[lr]}', file=sys.stderr, flush=True)
       return metrics['eval_loss']
 
-    points, values, edge = common.search_outward(
-        [{common.SEARCH_KEY: lr} for lr in lrs], evaluate,
+    points, values, edge = search.search_outward(
+        [{search.SEARCH_KEY: lr} for lr in lrs], evaluate,
         higher_is_better=False)
-    best = points[values.index(min(values))][common.SEARCH_KEY]
+    best = points[values.index(min(values))][search.SEARCH_KEY]
     at_best = [min(values)]  # seed 0's is the search's
     for seed in range(1, seeds):
       metrics = common.run_seed(spec, root, method,
-                                {**options, common.SEARCH_KEY: best}, seed,
+                                {**options, search.SEARCH_KEY: best}, seed,
                                 base, ledger)[1]
       at_best.append(metrics['eval_loss'])
       commits.add(metrics.get('commit', ''))

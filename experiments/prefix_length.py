@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 from absl import flags as absl_flags
 
-from experiments import common, flags, init_loss, lm, nlu
+from experiments import common, flags, init_loss, lm, nlu, search
 from experiments import ledger as ledger_lib
 from experiments import prefix_length_report
 from experiments.prefix_length_report import PREFIX_METHODS, REFERENCES
@@ -42,7 +42,7 @@ COMPRESS_STEPS = absl_flags.DEFINE_integer(
     'compress_steps', 300, 'Steps fitting each largest-m prefix into '
     'NTK-Attention state (experiments.prefix_length).')
 MAX_EXTRA = absl_flags.DEFINE_integer(
-    'max_extra', common.MAX_EXTRA_POINTS, 'Learning rates the search may add '
+    'max_extra', search.MAX_EXTRA_POINTS, 'Learning rates the search may add '
     'beyond its grid (experiments.prefix_length).', lower_bound=0)
 
 

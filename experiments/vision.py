@@ -16,7 +16,7 @@ import os
 
 from absl import flags as absl_flags
 
-from experiments import common, flags
+from experiments import common, flags, search
 from ntk_prefix import config as config_lib
 
 CONFIG = 'configs/vision.py'
@@ -75,7 +75,7 @@ def main(argv):
           f'{c.total_steps} steps × batch {c.batch_size} on '
           f'`{c.task.train_split}`, lr chosen on `{c.task.eval_split}`, '
           f'scored on `{c.task.test_split}`; grid in configs/vision.py, '
-          f'{common.SEARCH_RULE}.')}
+          f'{search.SEARCH_RULE}.')}
   print(common.classification_tables(
       CONFIG, module, [dataset], args.methods, args.seeds,
       size, base, args.workdir, out, args.command, results))

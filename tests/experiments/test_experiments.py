@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from experiments import (common, lm, nlu, ntk_init, redraw, render,
+from experiments import (common, lm, nlu, ntk_init, redraw, render, search,
                          scoring)
 
 
@@ -69,7 +69,7 @@ def _peaked(peak):
 
 
 def test_search_extends_outward_until_the_best_is_inside():
-  points, values, edge = common.search_outward(
+  points, values, edge = search.search_outward(
       [{'optimizer.lr': 1e-3}, {'optimizer.lr': 3e-3}], _peaked(0.1),
       higher_is_better=True)
   assert [p['optimizer.lr'] for p in points] == [1e-3, 3e-3, 1e-2, 3e-2, 0.1,
@@ -77,19 +77,19 @@ def test_search_extends_outward_until_the_best_is_inside():
   assert edge == ''  # 0.1 is inside [1e-3, 0.3]
   # Downward, for a loss (lower is better), other overrides carried along.
   grid = [{'optimizer.lr': 1e-2, 'x': 1}, {'optimizer.lr': 3e-2, 'x': 1}]
-  points, _, edge = common.search_outward(
+  points, _, edge = search.search_outward(
       grid, lambda p: np.log10(p['optimizer.lr']), higher_is_better=False,
       max_extra=2)
   assert [p['optimizer.lr'] for p in points] == [1e-2, 3e-2, 3e-3, 1e-3]
   assert all(p['x'] == 1 for p in points)
   assert edge == 'bottom'  # still at the end after the cap
   # Best inside from the start: nothing more is run.
-  points, _, edge = common.search_outward(
+  points, _, edge = search.search_outward(
       [{'optimizer.lr': v} for v in (1e-3, 3e-3, 1e-2)], _peaked(3e-3),
       higher_is_better=True)
   assert len(points) == 3 and edge == ''
   # A flat curve stops once an interior point ties with the end.
-  points, _, edge = common.search_outward(
+  points, _, edge = search.search_outward(
       [{'optimizer.lr': 1e-3}, {'optimizer.lr': 3e-3}], lambda p: 0.5,
       higher_is_better=True)
   assert len(points) == 3 and edge == ''
@@ -199,7 +199,7 @@ def test_nlu_table_command(tiny_encoder, tmp_path, command, monkeypatch):
   records = results['tasks']['cb']['records']
   assert [r['method'] for r in records] == ['none', 'ntk_attention']
   for r in records:
-    assert 2 <= len(r['search']) <= 2 + common.MAX_EXTRA_POINTS
+    assert 2 <= len(r['search']) <= 2 + search.MAX_EXTRA_POINTS
     assert len(r['runs']) == 2 and r['runs_spent'] == len(r['search']) + 1
     held_out = [p['select'] for p in r['search']]
     assert r['chosen'] == r['search'][int(np.argmax(held_out))]['overrides']
