@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from ntk_prefix import atomic
 from ntk_prefix.data import builders
 
 # Prompts for generation tasks; the loss is on the target only.
@@ -182,10 +183,8 @@ def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
   rows = builders.subset(builders.load_split(
       task_name, split, manual_dir, data_dir, download), limit)
   ds = encode(task_name, rows, tokenizer, max_length, truncate, image_size)
-  if cache:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, lengths=ds.lengths, num_labels=ds.num_labels,
-             **{f'a_{k}': v for k, v in ds.arrays.items()})
-    os.replace(tmp, path)
+  if cache:  # a temporary file of its own: processes may encode at once
+    with atomic.open_for_write(path, 'wb') as f:
+      np.savez(f, lengths=ds.lengths, num_labels=ds.num_labels,
+               **{f'a_{k}': v for k, v in ds.arrays.items()})
   return ds
