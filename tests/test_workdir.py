@@ -324,10 +324,11 @@ def test_provenance_marks_untracked_source_files(tmp_path, monkeypatch):
   assert provenance.git_commit().endswith('+changes')
 
 
-def test_runs_of_one_process_record_the_commit_it_started_at(tmp_path,
-                                                             monkeypatch):
+def test_runs_of_one_process_record_the_commit_it_started_at(
+    tiny_encoder, prepared_dir, tmp_path, monkeypatch):
   """A table's process trains dozens of runs with the code it imported:
-  moving the checkout meanwhile does not change the commit its runs record."""
+  moving the checkout meanwhile does not change the commit its runs record
+  (two real runs, the checkout moved between them)."""
   from ntk_prefix import provenance, sweep
   git = lambda *a: subprocess.run(['git', *a], cwd=tmp_path, check=True,
                                   capture_output=True)
@@ -337,19 +338,13 @@ def test_runs_of_one_process_record_the_commit_it_started_at(tmp_path,
   commit('a')
   monkeypatch.chdir(tmp_path)
   provenance.process_commit.cache_clear()
-  monkeypatch.setattr(sweep, 'check_same_config', lambda c, w: None)
-  from ntk_prefix import train
-
-  def fake_train(config, workdir):
-    commit('moved while this process runs')
-    os.makedirs(workdir)
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump({'step': 1}, f)
-
-  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   first = provenance.git_commit()
-  recorded = [sweep.run_point(None, str(tmp_path / f'run{i}'))['commit']
-              for i in range(2)]
+  recorded = []
+  for i in range(2):
+    config = tiny_config(tiny_encoder, prepared_dir, total_steps=2, seed=i)
+    recorded.append(sweep.run_point(config, str(tmp_path / f'run{i}'))[
+        'commit'])
+    commit('moved while this process runs')
   assert provenance.git_commit() != first  # the checkout moved twice
   assert recorded == [first, first]
   provenance.process_commit.cache_clear()
