@@ -123,8 +123,9 @@ def _preparing(builder):
 
 
 def load_split(task_name: str, split: str, manual_dir: str,
-               data_dir: str, download: bool = False) -> list:
-  """All examples of a split as a list of dicts (prepared once, then read)."""
+               data_dir: str, download: bool = False, limit: int = -1) -> list:
+  """The examples of a split as a list of dicts (prepared once, then read):
+  all of them, or the `limit` that `subset` keeps, reading only those."""
   if task_name not in BUILDERS:
     raise ValueError(f'task.name={task_name!r} is not a task; known: '
                      f'{sorted(BUILDERS)}.')
@@ -163,7 +164,7 @@ def load_split(task_name: str, split: str, manual_dir: str,
       builder.download_and_prepare(download_config=tfds.download.
                                    DownloadConfig(manual_dir=manual_dir))
   source = builder.as_data_source(split)
-  return [source[i] for i in range(len(source))]
+  return [source[i] for i in subset(list(range(len(source))), limit)]
 
 
 def subset(rows: list, limit: int) -> list:
@@ -183,5 +184,5 @@ def split_labels(task_name: str, split: str, manual_dir: str, data_dir: str,
     source, _ = tfds_image_source(task_name, split, data_dir)
     return np.array([int(source[i]['label'])
                      for i in subset(list(range(len(source))), limit)])
-  rows = load_split(task_name, split, manual_dir, data_dir, download)
-  return np.array([int(r['label']) for r in subset(rows, limit)])
+  rows = load_split(task_name, split, manual_dir, data_dir, download, limit)
+  return np.array([int(r['label']) for r in rows])

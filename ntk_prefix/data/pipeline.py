@@ -180,8 +180,8 @@ def load(task_name: str, split: str, tokenizer, *, manual_dir: str,
     with np.load(path) as f:
       arrays = {k[2:]: f[k] for k in f.files if k.startswith('a_')}
       return Dataset(arrays, f['lengths'], int(f['num_labels']))
-  rows = builders.subset(builders.load_split(
-      task_name, split, manual_dir, data_dir, download), limit)
+  rows = builders.load_split(task_name, split, manual_dir, data_dir, download,
+                             limit)
   ds = encode(task_name, rows, tokenizer, max_length, truncate, image_size)
   if cache:  # a temporary file of its own: processes may encode at once
     with atomic.open_for_write(path, 'wb') as f:

@@ -61,6 +61,11 @@ def test_present_files_prepare_without_network(small_data, tmp_path,
   rows = builders.load_split('sst2', 'train', str(small_data),
                              str(tmp_path / 'prepared'))
   assert len(rows) == 11  # 12 lines less the header
+  # A limit reads only the rows `subset` keeps, the same rows.
+  kept = builders.load_split('sst2', 'train', str(small_data),
+                             str(tmp_path / 'prepared'), limit=4)
+  fields = lambda rs: [(r['text'], int(r['label'])) for r in rs]
+  assert fields(kept) == fields(builders.subset(rows, 4)) and len(kept) == 4
   assert not os.listdir(temp)  # tfds's GCS metadata lookup left folders
 
 
