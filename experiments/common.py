@@ -101,8 +101,8 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
                     score_reads_checkpoint: bool = False) -> dict:
   """Seed 0 at every grid point, extended outward while the best sits at an
   end (search.search_outward); choose on `select` (held-out rows), then
-  the chosen point at seeds 1.. . `score(workdir, metrics)` returns the reported
-  metrics of one finished run (e.g. dev accuracy, BLEU; pass
+  the chosen point at seeds 1.. . `score(workdir, metrics)` returns the
+  reported metrics of one finished run (e.g. dev accuracy, BLEU; pass
   `score_reads_checkpoint` where it decodes the run's checkpoint): it is
   called for the chosen point's runs only, so a generation table decodes 3
   runs a row, not every point searched, and no reported score of a point

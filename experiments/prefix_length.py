@@ -11,8 +11,9 @@ Prefix-Tuning) at every m; as reference lines the m = infinity method
 (NTK-Attention), the weight-space methods (LoRA, full fine-tuning) and the
 frozen model (--methods keeps some of these rows, in this order): each
 row searched and repeated exactly as the main tables do (configs/nlu.py or
-configs/lm.py sizes, the extending learning-rate search, seeds). Each configuration's train-step time and XLA peak memory are
-measured on one training batch. The compressed points: each prefix
+configs/lm.py sizes, the extending learning-rate search, seeds). Each
+configuration's train-step time and XLA peak memory are measured on one
+training batch. The compressed points: each prefix
 method's runs at the largest m, fitted into NTK-Attention state by
 `ntk_prefix.compress`, scored like the others. Runs resume; results go to
 experiments/results/prefix_length_<task>/ (results.json, table.md and
