@@ -106,8 +106,9 @@ def tune_and_repeat(spec: str, method: str, grid: list, seeds: int,
   `score_reads_checkpoint` where it decodes the run's checkpoint): it is
   called for the chosen point's runs only, so a generation table decodes 3
   runs a row, not every point searched, and no reported score of a point
-  that was not chosen exists to be looked at. `base` overrides apply to every run;
-  finished runs and their scores are kept in `ledger` (experiments.ledger).
+  that was not chosen exists to be looked at. `base` overrides apply to
+  every run; finished runs and their scores are kept in `ledger`
+  (experiments.ledger).
   """
   search, finished = [], []
   base = base or {}
