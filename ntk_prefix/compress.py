@@ -105,14 +105,15 @@ def step_cost(s: Setup, params, batch: dict, repeats: int = 3):
   `s.method` on `batch` (after compiling); params: the trainable
   {'method', 'head'} (build.init_trainable)."""
   frozen, frozen_sharding = place_frozen(s)
-  opt, _ = make_optimizer(s.config, s.method.no_decay)
+  opt, schedule = make_optimizer(s.config, s.method.no_decay)
   step, _ = make_steps(s, opt, frozen_sharding)
   params = jax.tree.map(jnp.array, params)
   state = opt.init(params)
+  rate = np.float32(schedule(0))
   # One compile, timed and measured: calling `step` after lowering it
   # compiled the same program a second time.
   compiled = step.lower(params, state, frozen, batch,
-                        jax.random.PRNGKey(0)).compile()
+                        jax.random.PRNGKey(0), rate).compile()
   try:
     m = compiled.memory_analysis()
     peak = int(m.argument_size_in_bytes + m.output_size_in_bytes +
@@ -123,7 +124,7 @@ def step_cost(s: Setup, params, batch: dict, repeats: int = 3):
   for r in range(repeats + 1):
     t0 = time.perf_counter()
     params, state, out = compiled(params, state, frozen, batch,
-                                  jax.random.PRNGKey(0))
+                                  jax.random.PRNGKey(0), rate)
     jax.block_until_ready(out)
     if r:
       times.append(time.perf_counter() - t0)

@@ -21,8 +21,21 @@ def decay_mask(params, no_decay=()):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def _unit_rate(count):
+  del count
+  return 1.0
+
+
 def make_optimizer(config, no_decay) -> tuple:
   """(optax transformation, learning-rate schedule) of `config.optimizer`.
+
+  The transformation's updates are for a learning rate of 1: the train step
+  scales them by `schedule(step)`, an argument, so one compiled step serves
+  every learning rate and schedule of a sweep (the rate baked in made each
+  point of a search compile its own). Under gradient accumulation the
+  schedule runs over training steps, as the progress bar counts them, and an
+  update takes the rate of its last micro-step. Its state is that of
+  `optax.adamw` with a schedule, so checkpoints from before still restore.
   no_decay: the method's names kept out of weight decay (`method.no_decay`);
   required, so no caller decays a method's vector state by leaving it out."""
   o = config.optimizer
@@ -43,7 +56,7 @@ def make_optimizer(config, no_decay) -> tuple:
                      "'linear' or 'constant'.")
   opt = optax.chain(
       optax.clip_by_global_norm(o.clip_norm),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+      optax.adamw(_unit_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                   mask=lambda p: decay_mask(p, no_decay)))
   if o.accumulate_steps > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=o.accumulate_steps)

@@ -80,15 +80,21 @@ def make_eval_step(s: Setup, frozen_sharding):
 
 
 def make_steps(s: Setup, opt, frozen_sharding):
-  """The jitted train and eval steps with explicit shardings."""
+  """The jitted train and eval steps with explicit shardings. The train step
+  takes the step's learning rate as an argument (`make_optimizer`'s
+  updates are for a rate of 1), so a sweep compiles it once."""
   replicated = NamedSharding(s.mesh, P())
   batch_sharding = NamedSharding(s.mesh, P('data'))
 
-  def train_step(trainable, opt_state, frozen_params, batch, rng):
+  def train_step(trainable, opt_state, frozen_params, batch, rng,
+                 learning_rate):
     (loss, _), grads = jax.value_and_grad(
         loss_and_metrics, has_aux=True)(trainable, frozen_params, batch,
                                         rng, s=s, train=True)
     updates, opt_state = opt.update(grads, opt_state, trainable)
+    # Cast as optax casts a schedule's value: to each update's dtype.
+    updates = jax.tree.map(lambda u: u * learning_rate.astype(u.dtype),
+                           updates)
     trainable = optax.apply_updates(trainable, updates)
     # Loss and gradients come from the state before the update; the state
     # about to be saved is checked too (a finite step can overflow it).
@@ -101,7 +107,7 @@ def make_steps(s: Setup, opt, frozen_sharding):
   train = jax.jit(
       train_step,
       in_shardings=(replicated, replicated, frozen_sharding, batch_sharding,
-                    replicated),
+                    replicated, replicated),
       out_shardings=(replicated, replicated, replicated),
       donate_argnums=(0, 1))
   return train, make_eval_step(s, frozen_sharding)

@@ -118,8 +118,10 @@ def _train(config, workdir: str) -> dict:
   t_last, interval_losses = time.time(), []
   for step in range(start, config.total_steps):
     batch = step_batch(s, step)
+    learning_rate = np.float32(schedule(step))
     trainable, opt_state, out = train_step(
-        trainable, opt_state, frozen, batch, jax.random.fold_in(rng, step))
+        trainable, opt_state, frozen, batch, jax.random.fold_in(rng, step),
+        learning_rate)
     done = step + 1
     interval_losses.append(_check_finite(out, done, manager, workdir))
     bar.update(1)
@@ -129,7 +131,7 @@ def _train(config, workdir: str) -> dict:
       t_last = time.time()
       # Mean over the steps since the last log line (a single batch is noisy).
       row = {'train_loss': float(np.mean(interval_losses)),
-             'learning_rate': float(schedule(step)),
+             'learning_rate': float(learning_rate),
              'grad_norm': float(out['grad_norm']),
              'examples_per_second': rate}
       log.write(done, row)

@@ -220,3 +220,32 @@ def test_a_finished_run_from_before_its_wall_time_was_kept_is_read(tmp_path):
   metrics = sweep.run_point(c, str(tmp_path))
   assert metrics['wall_seconds'] is None and metrics['eval_loss'] == 1.19
   assert os.listdir(tmp_path) == ['final_metrics.json']  # nothing trained
+
+
+def test_a_sweeps_points_compile_one_train_step(tiny_encoder, prepared_dir):
+  """Learning rate, schedule and length are not in the compiled step (its
+  rate is an argument), so every point of a search is one program that the
+  compilation cache serves after the first."""
+  import jax
+  from ntk_prefix.build import build, init_trainable
+  from ntk_prefix.data import batches
+  from ntk_prefix.optimizer import make_optimizer
+  from ntk_prefix.steps import make_steps, place_frozen
+
+  def program(**overrides):
+    c = tiny_config(tiny_encoder, prepared_dir, **overrides)
+    s = build(c)
+    frozen, sharding = place_frozen(s)
+    opt, schedule = make_optimizer(c, s.method.no_decay)
+    params = init_trainable(s)
+    step, _ = make_steps(s, opt, sharding)
+    batch = batches.train_batch(s.train_ds, 0, c.batch_size, c.seed)
+    return step.lower(params, opt.init(params), frozen, batch,
+                      jax.random.PRNGKey(0), np.float32(schedule(3))
+                      ).as_text()
+
+  first = program(**{'optimizer.lr': 1e-3})
+  assert program(**{'optimizer.lr': 3e-2, 'optimizer.schedule': 'linear',
+                    'optimizer.warmup_steps': 2}, total_steps=20) == first
+  # Still a program of its configuration: another method is another.
+  assert program(**{'method.name': 'lora'}) != first

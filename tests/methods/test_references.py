@@ -3,6 +3,8 @@ PEFT, LoPA against its official forward (written here in PyTorch from the
 repository), IAPT against the paper's equations in NumPy, full fine-tuning's
 gradients against PyTorch's; gradient accumulation against one large batch;
 every method on ViT by value."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -190,9 +192,7 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
 
   def one_update(batch_size, accumulate):
     c = tiny_config(tiny_encoder, prepared_dir, batch_size=batch_size, **{
-        'optimizer.accumulate_steps': accumulate, 'method.name': 'lora',
-        'optimizer.warmup_steps': 0, 'optimizer.schedule': 'constant',
-        'optimizer.lr': 1e-2})
+        'optimizer.accumulate_steps': accumulate, 'method.name': 'lora'})
     s = build(c)
     frozen, sharding = place_frozen(s)
     opt, _ = make_optimizer(c, s.method.no_decay)
@@ -202,7 +202,7 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
     for k in range(accumulate):
       batch = batches.train_batch(s.train_ds, k, batch_size, c.seed)
       params, state, _ = step(params, state, frozen, batch,
-                              jax.random.PRNGKey(k))
+                              jax.random.PRNGKey(k), np.float32(1e-2))
     return jax.device_get(params), init_trainable(s)
 
   accumulated, start = one_update(8, 2)
@@ -210,6 +210,35 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_encoder,
   moved = max(float(np.abs(a - b).max()) for a, b in zip(
       jax.tree.leaves(large), jax.tree.leaves(start)))
   assert moved > 1e-3  # the update is real
+  for a, b in zip(jax.tree.leaves(accumulated), jax.tree.leaves(large)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_an_accumulated_update_takes_the_rate_of_its_last_micro_step(
+    tiny_encoder, prepared_dir, tmp_path):
+  """The schedule runs over training steps, accumulated or not: two
+  micro-steps of 8 rows under a linear decay from 0.02 to 0 over 2 steps
+  are one update at the rate of step 1, 0.01 = one step of the same 16 rows
+  at a constant 0.01. (Applied at the update's own count, as before, the
+  rate was 0.02: the schedule stretched by the accumulation factor.)"""
+  from conftest import tiny_config
+  from ntk_prefix import checkpoints, export, train
+
+  def trained(name, **overrides):
+    c = tiny_config(tiny_encoder, prepared_dir, **{
+        'method.name': 'lora', 'optimizer.warmup_steps': 0,
+        'eval_every': 2, **overrides})
+    workdir = str(tmp_path / name)
+    train.train_and_evaluate(c, workdir)
+    cfg, frozen, _ = checkpoints.load(tiny_encoder)
+    _, state = export.load(os.path.join(workdir, 'final'), cfg, frozen)
+    return state, export.load_head(os.path.join(workdir, 'final'))
+
+  accumulated = trained('accumulated', batch_size=8, total_steps=2, **{
+      'optimizer.accumulate_steps': 2, 'optimizer.schedule': 'linear',
+      'optimizer.lr': 0.02, 'optimizer.end_lr_ratio': 0.0})
+  large = trained('large', batch_size=16, total_steps=1, **{
+      'optimizer.schedule': 'constant', 'optimizer.lr': 0.01})
   for a, b in zip(jax.tree.leaves(accumulated), jax.tree.leaves(large)):
     np.testing.assert_allclose(a, b, atol=2e-6)
 
