@@ -31,7 +31,7 @@ run: install
 
 # Two workers that steal tests from each other's queue (a module fixture
 # may then be built in both): 15 minutes or less on 2 cores here (CI's
-# last run, 872 s; README, Testing); on a faster day 10 against 15 with one
+# last run, 821 s; README, Testing); on a faster day 10 against 15 with one
 # file per worker at a time, as XLA's compiles of one worker overlap the
 # other's steps. The
 # slowest tests are listed at the end (where CI's time goes).
