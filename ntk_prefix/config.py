@@ -7,6 +7,7 @@ does not exist is an error naming its nearest valid neighbours.
 import ast
 import difflib
 import importlib.util
+import math
 import os
 from typing import Optional
 
@@ -187,9 +188,44 @@ def validate(config) -> None:
     raise ValueError(f'model.attention_impl={impl!r} is not one of '
                      f'{fused.IMPLS}: xla (the reference), cudnn (GPU, '
                      f'bfloat16), pallas (flash kernel) or auto.')
+  _validate_steps(config)
   name = config.method.name
   if name not in methods.REGISTRY:
     raise methods.MethodError(
         f'method.name={name!r} is not a method.'
         f'{methods.near(name, methods.REGISTRY)} Known: '
         f'{sorted(methods.REGISTRY)}.')
+
+
+SCHEDULES = ('cosine', 'linear', 'constant')
+
+
+def _validate_steps(config) -> None:
+  """The optimizer and the step counts: a value that would train nothing,
+  or skip work without a word, stops before anything loads."""
+  o = config.optimizer
+  if o.schedule not in SCHEDULES:
+    raise ValueError(f'optimizer.schedule={o.schedule!r} is not one of '
+                     f'{SCHEDULES}.')
+  if not (math.isfinite(o.lr) and o.lr > 0):
+    raise ValueError(f'optimizer.lr={o.lr!r}: the peak learning rate must be '
+                     'a positive number, e.g. 1e-3.')
+  for key in ('total_steps', 'batch_size'):
+    if int(config[key]) < 1:
+      raise ValueError(f'{key}={config[key]!r}: must be at least 1.')
+  k = o.accumulate_steps
+  if int(k) < 1:
+    raise ValueError(f'optimizer.accumulate_steps={k!r}: must be at least 1 '
+                     '(1: no accumulation).')
+  left = config.total_steps % k
+  if left:
+    lower, upper = config.total_steps - left, config.total_steps - left + k
+    raise ValueError(
+        f'total_steps={config.total_steps} is not a multiple of '
+        f'optimizer.accumulate_steps={k}: its last {left} micro-step(s) '
+        f'would never make an update. Use total_steps={upper}'
+        + (f' or {lower}.' if lower else '.'))
+  if o.warmup_steps < 0 or o.end_lr_ratio < 0:
+    raise ValueError(
+        f'optimizer.warmup_steps={o.warmup_steps!r}, optimizer.end_lr_ratio='
+        f'{o.end_lr_ratio!r}: neither may be negative.')

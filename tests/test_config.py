@@ -56,3 +56,23 @@ def test_config_errors_are_clear(tiny_encoder, prepared_dir, tmp_path):
   with pytest.raises(ValueError, match='more than task.max_length'):
     build(tiny_config(tiny_encoder, str(tmp_path / 'q'), **{
         'task.truncate': False, 'task.max_length': 8}))
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'optimizer.lr': 0.0}, r'optimizer.lr=0.0: .*positive'),
+    ({'optimizer.lr': float('nan')}, r'optimizer.lr=nan'),
+    ({'optimizer.schedule': 'cosin'}, r"optimizer.schedule='cosin' is not"),
+    ({'optimizer.accumulate_steps': 0}, r'accumulate_steps=0: must be'),
+    ({'optimizer.accumulate_steps': 5}, r'total_steps=12 is not a multiple of '
+     r'optimizer.accumulate_steps=5: its last 2 .* total_steps=15 or 10'),
+    ({'total_steps': 0}, r'total_steps=0: must be at least 1'),
+    ({'optimizer.warmup_steps': -1}, r'warmup_steps=-1'),
+])
+def test_optimizer_and_step_mistakes_stop_before_loading(tiny_encoder,
+                                                         prepared_dir,
+                                                         overrides, match):
+  """Values that would train nothing, or drop micro-steps without a word
+  (an accumulation left unfinished at the end), name the field and fix."""
+  c = tiny_config(tiny_encoder, prepared_dir, **overrides)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(c)
