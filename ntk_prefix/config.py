@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=1e-3, schedule='cosine', warmup_steps=20, end_lr_ratio=0.0,
       weight_decay=0.01,  # never on biases, norms or 1-d state
+      # Micro-steps per update; steps and warm-up count micro-steps.
       clip_norm=1.0, b1=0.9, b2=0.999, accumulate_steps=1))
   c.batch_size = 32
   c.eval_batch_size = 64
