@@ -13,7 +13,7 @@ from typing import Optional
 
 import ml_collections
 
-from ntk_prefix import methods
+from ntk_prefix import methods, optimizer
 from ntk_prefix.models import fused
 
 
@@ -198,16 +198,11 @@ def validate(config) -> None:
         f'{sorted(methods.REGISTRY)}.')
 
 
-SCHEDULES = ('cosine', 'linear', 'constant')
-
-
 def _validate_steps(config) -> None:
   """The optimizer and the step counts: a value that would train nothing,
   or skip work without a word, stops before anything loads."""
   o = config.optimizer
-  if o.schedule not in SCHEDULES:
-    raise ValueError(f'optimizer.schedule={o.schedule!r} is not one of '
-                     f'{SCHEDULES}.')
+  optimizer.check_schedule(o.schedule)
   if not (math.isfinite(o.lr) and o.lr > 0):
     raise ValueError(f'optimizer.lr={o.lr!r}: the peak learning rate must be '
                      'a positive number, e.g. 1e-3.')

@@ -21,6 +21,17 @@ def decay_mask(params, no_decay=()):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+SCHEDULES = ('cosine', 'linear', 'constant')
+
+
+def check_schedule(name: str) -> None:
+  """The one check of `optimizer.schedule` (config.validate runs it before
+  anything loads; make_optimizer again for direct callers)."""
+  if name not in SCHEDULES:
+    raise ValueError(f'optimizer.schedule={name!r} is not one of '
+                     f'{SCHEDULES}.')
+
+
 def _unit_rate(count):
   del count
   return 1.0
@@ -39,6 +50,7 @@ def make_optimizer(config, no_decay) -> tuple:
   no_decay: the method's names kept out of weight decay (`method.no_decay`);
   required, so no caller decays a method's vector state by leaving it out."""
   o = config.optimizer
+  check_schedule(o.schedule)
   warmup = min(o.warmup_steps, max(config.total_steps - 1, 0))
   if o.schedule == 'cosine':
     schedule = optax.warmup_cosine_decay_schedule(
@@ -49,11 +61,8 @@ def make_optimizer(config, no_decay) -> tuple:
         optax.linear_schedule(0.0, o.lr, max(warmup, 1)),
         optax.linear_schedule(o.lr, o.lr * o.end_lr_ratio,
                               max(config.total_steps - warmup, 1))], [warmup])
-  elif o.schedule == 'constant':
+  else:  # 'constant'
     schedule = optax.constant_schedule(o.lr)
-  else:
-    raise ValueError(f"optimizer.schedule={o.schedule!r}; expected 'cosine', "
-                     "'linear' or 'constant'.")
   opt = optax.chain(
       optax.clip_by_global_norm(o.clip_norm),
       optax.adamw(_unit_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
