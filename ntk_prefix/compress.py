@@ -52,15 +52,20 @@ def load_adapter(directory: str, model_cfg, frozen_params) -> tuple:
   """(method, params, task head or None) of an explicit-prefix adapter
   folder."""
   head = None
-  if os.path.exists(os.path.join(directory, 'method.json')):
-    method, params = export.load(directory, model_cfg, frozen_params)
-    head = export.load_head(directory)
-  elif os.path.exists(os.path.join(directory, 'adapter_config.json')):
-    method, params = peft_format.load(directory, model_cfg)
-  else:
-    raise CompressError(
-        f'--adapter={directory}: found neither method.json (a best/ or final/ '
-        'export of this codebase) nor adapter_config.json (a PEFT adapter).')
+  try:  # another model's adapter, or a PEFT type we do not read
+    if os.path.exists(os.path.join(directory, 'method.json')):
+      method, params = export.load(directory, model_cfg, frozen_params)
+      head = export.load_head(directory)
+    elif os.path.exists(os.path.join(directory, 'adapter_config.json')):
+      method, params = peft_format.load(directory, model_cfg)
+    else:
+      raise CompressError(
+          f'--adapter={directory}: found neither method.json (a best/ or '
+          'final/ export of this codebase) nor adapter_config.json (a PEFT '
+          'adapter).')
+  except methods.MethodError as e:
+    raise CompressError(f'--adapter: {e} (--config names the model: '
+                        '--config.model.path)') from None
   if method.explicit_prefix(params) is None:
     raise CompressError(
         f'--adapter={directory} holds a {method.name} state; compress needs '

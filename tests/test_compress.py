@@ -1,5 +1,6 @@
 """python -m ntk_prefix.compress: a trained explicit prefix becomes
 NTK-Attention state that reproduces its attention, loadable and trainable."""
+import dataclasses
 import json
 import os
 
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from ntk_prefix import checkpoints, compress, export, methods, peft_format
 from ntk_prefix import train
 from ntk_prefix.build import build, init_trainable
@@ -93,5 +94,20 @@ def test_compress_refuses_other_adapters(prefix_run, tmp_path, capsys):
     compress.compress(c, str(tmp_path / 'lora'), str(tmp_path / 'o'))
   with pytest.raises(compress.CompressError, match='found neither'):
     compress.compress(c, str(tmp_path), str(tmp_path / 'o'))
+  # A prefix trained on another model: its dimensions, not a shape crash.
+  wider = dataclasses.replace(cfg, num_layers=cfg.num_layers + 1)
+  other = methods.get('p_tuning_v2', wider, {'length': 4})
+  export.save(str(tmp_path / 'other'), other,
+              other.init(jax.random.PRNGKey(0)))
+  with pytest.raises(compress.CompressError,
+                     match=r'trained on .*differ in .*num_layers'):
+    compress.compress(c, str(tmp_path / 'other'), str(tmp_path / 'o'))
+  with pytest.raises(SystemExit, match='error: --adapter: .*num_layers'):
+    compress.main([
+        f'--adapter={tmp_path / "other"}', f'--out={tmp_path / "o"}',
+        f'--config={REPO}/configs/default.py:runlocal', '--config.task.name=cb',
+        f'--config.model.path={c.model.path}', '--config.task.train_limit=8',
+        f'--config.task.prepared_dir={c.task.prepared_dir}',
+        '--config.task.eval_limit=8', '--config.mesh.data=1'])
   compress.main(['--help'])
   assert '--adapter' in capsys.readouterr().out
