@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from ntk_prefix import checkpoints, compress, export, methods, peft_format
+from ntk_prefix import checkpoints, compress, export, generate, methods
+from ntk_prefix import peft_format
 from ntk_prefix import train
 from ntk_prefix.build import build, init_trainable
 
@@ -59,8 +60,8 @@ def test_compress_fits_far_better_than_the_closed_form(prefix_run, tmp_path):
     init_trainable(build(wrong))
 
 
-def test_compress_takes_a_peft_prefix_tuning_folder(hf_checkpoint,
-                                                    prepared_dir, tmp_path):
+def test_compress_takes_a_peft_prefix_tuning_folder(hf_checkpoint, prepared_dir,
+                                                    tmp_path, capsys):
   path, _ = hf_checkpoint('llama', vocab_size=49152)
   checkpoints.load_tokenizer(
       checkpoints.default_decoder_path()).save_pretrained(path)
@@ -81,6 +82,11 @@ def test_compress_takes_a_peft_prefix_tuning_folder(hf_checkpoint,
   assert all(l['fitted'] < l['closed_form'] for l in report['layers'])
   loaded, _ = export.load(os.path.join(out, 'final'), cfg, frozen)
   assert loaded.name == 'ntk_attention'
+  capsys.readouterr()  # `generate` decodes with the compressed folder
+  generate.main(['--workdir', out, '--prompt', 'name[Aromi]',
+                 '--max_new_tokens', '3'])
+  line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert line['prompt'] == 'name[Aromi]' and 'completion' in line
 
 
 def test_compress_refuses_other_adapters(prefix_run, tmp_path, capsys):
