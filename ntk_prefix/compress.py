@@ -15,7 +15,11 @@ its length.
               state), so `python -m ntk_prefix.generate --workdir=DIR2` decodes
               with it and `--config.init_from=DIR2/final` trains on from it;
               compress.json holds the report
-  --steps     Adam steps per layer (300); --rows: training / held-out rows (64)
+  --steps     Adam steps per layer (300; 0: the closed form); --rows:
+              training / held-out rows (64)
+
+--out must be new, empty or an earlier compress output: a run folder or
+the adapter itself would lose its config.json and final/.
 
 Prints, per layer, the held-out attention error of the closed form and of the
 fitted state; then the task metric and the train-step time before (explicit
@@ -43,6 +47,10 @@ from ntk_prefix.steps import make_eval_step, make_steps, place_frozen, run_eval
 
 # The method whose state compression fits (its feature map and state).
 TARGET = 'ntk_attention'
+
+# What compress writes in --out, the report last.
+WRITES = ('final', 'config.json', 'compress.json')
+
 
 class CompressError(ValueError):
   """An adapter that compress cannot take."""
@@ -140,6 +148,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
              rows: int = 64, log=print) -> dict:
   """Fits the NTK state, writes `out`, returns the report."""
   from tqdm import tqdm
+  _check_arguments(out, steps, rows)
   s = build(config)
   cfg = s.model_cfg
   frozen = jax.tree.map(jnp.asarray, s.frozen_params)
@@ -205,6 +214,25 @@ def compress(config, adapter: str, out: str, steps: int = 300,
                     after_setup.config.to_json_best_effort(indent=2))
   atomic.write_json(os.path.join(out, 'compress.json'), report)
   return report
+
+
+def _check_arguments(out: str, steps: int, rows: int) -> None:
+  """Before anything loads: nothing the user keeps is overwritten."""
+  if steps < 0:
+    raise CompressError(f'--steps={steps}: use 0 (the closed form) or more '
+                        'Adam steps per layer (300 by default).')
+  if rows < 1:
+    raise CompressError(f'--rows={rows}: the fit needs at least one training '
+                        'row (64 by default).')
+  # out/final and out/config.json are written: a run's folder (or the
+  # adapter itself) would lose its own. A folder compress wrote, whole or
+  # cut short, is written again.
+  if os.path.isdir(out) and not (set(os.listdir(out)) <= set(WRITES) or
+                                 os.path.exists(os.path.join(out, WRITES[2]))):
+    raise CompressError(
+        f'--out={out} already holds files that compress did not write (a '
+        'run folder or an adapter would lose its config.json and final/): '
+        'name a new or empty folder.')
 
 
 def _ntk_config(config):

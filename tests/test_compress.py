@@ -90,7 +90,7 @@ def test_compress_takes_a_peft_prefix_tuning_folder(hf_checkpoint, prepared_dir,
 
 
 def test_compress_refuses_other_adapters(prefix_run, tmp_path, capsys):
-  c, _ = prefix_run
+  c, run = prefix_run
   cfg, frozen, _ = checkpoints.load(c.model.path)
   lora = methods.get('lora', cfg)
   export.save(str(tmp_path / 'lora'), lora, lora.init(jax.random.PRNGKey(0)))
@@ -100,6 +100,13 @@ def test_compress_refuses_other_adapters(prefix_run, tmp_path, capsys):
     compress.compress(c, str(tmp_path / 'lora'), str(tmp_path / 'o'))
   with pytest.raises(compress.CompressError, match='found neither'):
     compress.compress(c, str(tmp_path), str(tmp_path / 'o'))
+  # Nothing the user keeps is overwritten: a run folder as --out.
+  for out in (run, os.path.join(run, 'final')):  # the adapter itself, too
+    with pytest.raises(compress.CompressError, match='already holds files'):
+      compress.compress(c, os.path.join(run, 'final'), out)
+  with pytest.raises(compress.CompressError, match='--rows=0'):
+    compress.compress(c, os.path.join(run, 'final'), str(tmp_path / 'o'),
+                      rows=0)
   # A prefix trained on another model: its dimensions, not a shape crash.
   wider = dataclasses.replace(cfg, num_layers=cfg.num_layers + 1)
   other = methods.get('p_tuning_v2', wider, {'length': 4})
