@@ -134,7 +134,7 @@ def compressed(task: Task, method: str, record: dict, root: str, steps: int,
       workdir, _ = common.run_seed(task.spec, root, method,
                                    record['chosen'], run['seed'], base)
       out = workdir + '-compressed'
-      report_path = os.path.join(out, 'compress.json')
+      report_path = os.path.join(out, compress.REPORT)
       if os.path.exists(report_path):
         with open(report_path) as f:
           report = json.load(f)

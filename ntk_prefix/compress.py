@@ -49,7 +49,8 @@ from ntk_prefix.steps import make_eval_step, make_steps, place_frozen, run_eval
 TARGET = 'ntk_attention'
 
 # What compress writes in --out, the report last.
-WRITES = ('final', 'config.json', 'compress.json')
+REPORT = 'compress.json'
+WRITES = ('final', 'config.json', REPORT)
 
 
 class CompressError(ValueError):
@@ -212,7 +213,7 @@ def compress(config, adapter: str, out: str, steps: int = 300,
   export.save(os.path.join(out, 'final'), ntk, state, config.model.path, head)
   atomic.write_text(os.path.join(out, 'config.json'),
                     after_setup.config.to_json_best_effort(indent=2))
-  atomic.write_json(os.path.join(out, 'compress.json'), report)
+  atomic.write_json(os.path.join(out, REPORT), report)
   return report
 
 
@@ -228,7 +229,7 @@ def _check_arguments(out: str, steps: int, rows: int) -> None:
   # adapter itself) would lose its own. A folder compress wrote, whole or
   # cut short, is written again.
   if os.path.isdir(out) and not (set(os.listdir(out)) <= set(WRITES) or
-                                 os.path.exists(os.path.join(out, WRITES[2]))):
+                                 os.path.exists(os.path.join(out, REPORT))):
     raise CompressError(
         f'--out={out} already holds files that compress did not write (a '
         'run folder or an adapter would lose its config.json and final/): '
