@@ -77,14 +77,15 @@ class Task:
 
 def step_cost(task: Task, overrides: dict) -> dict:
   """Train-step seconds and peak bytes of one configuration, fresh state."""
-  from ntk_prefix import compress
+  from ntk_prefix import step_cost as step_cost_lib
   from ntk_prefix.build import build, init_trainable
   from ntk_prefix.data import batches
   c = common.configured(task.spec, {**task.base, **overrides})
   s = build(c)
-  seconds, peak = compress.step_cost(s, init_trainable(s),
-                                     batches.train_batch(
-                                         s.train_ds, 0, c.batch_size, c.seed))
+  seconds, peak = step_cost_lib.step_cost(s, init_trainable(s),
+                                          batches.train_batch(
+                                              s.train_ds, 0, c.batch_size,
+                                              c.seed))
   return {'step_seconds': seconds, 'peak_bytes': peak}
 
 
