@@ -9,7 +9,7 @@ import pytest
 from ntk_prefix import checkpoints, config as config_lib, lm_loss, methods
 from ntk_prefix import models
 from ntk_prefix.build import Setup
-from ntk_prefix.data import batches
+from ntk_prefix.data import batches, pipeline
 from ntk_prefix.steps import loss_and_metrics
 
 
@@ -77,12 +77,41 @@ def test_cross_entropy_chunks_equal_one_pass():
   h = jnp.asarray(rng.randn(11, 8), jnp.float32)
   kernel = jnp.asarray(rng.randn(8, 50), jnp.float32)
   targets = jnp.asarray(rng.randint(0, 50, 11))
+  w = jnp.asarray(rng.rand(11), jnp.float32)  # any cotangent per position
+
+  def full_loss(h, kernel):
+    return jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(
+        h @ kernel, targets))
+
   full = optax.softmax_cross_entropy_with_integer_labels(h @ kernel, targets)
-  for chunk in (1, 3, 11, 64):  # remainders, one chunk, larger than n
+  full_grads = jax.grad(full_loss, argnums=(0, 1))(h, kernel)
+  for chunk in (1, 3, 4, 11, 64):  # remainders, one chunk, larger than n
     nll, correct = lm_loss.cross_entropy(h, kernel, targets, chunk=chunk)
     np.testing.assert_allclose(nll, full, rtol=1e-6)
     np.testing.assert_array_equal(
         correct, jnp.argmax(h @ kernel, -1) == targets)
+    # The gradient in h is formed in the forward pass, the head's in the
+    # backward pass: both equal autodiff of the one-pass loss.
+    grads = jax.jit(jax.grad(lambda h, k: jnp.sum(w * lm_loss.cross_entropy(
+        h, k, targets, chunk=chunk)[0]), argnums=(0, 1)))(h, kernel)
+    for g, r in zip(grads, full_grads):
+      np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_slots_pad_at_most_a_third():
+  # A batch whose longest answer has 70 tokens gets 96 slots per row (the
+  # powers of two alone gave 128: 45% of the head's rows padding).
+  rng = np.random.RandomState(0)
+  n, width = 4, 128
+  arrays = {'input_ids': rng.randint(3, 50, (n, width)).astype(np.int32),
+            'attention_mask': np.ones((n, width), np.int32),
+            'loss_mask': np.zeros((n, width), np.int32)}
+  for i, answer in enumerate([70, 20, 45, 3]):
+    arrays['loss_mask'][i, width - answer:] = 1
+  ds = pipeline.Dataset(arrays, np.full(n, width))
+  batch = batches.train_batch(ds, 0, n, seed=0)
+  assert batch['loss_positions'].shape == (n, 96)
+  assert batch['loss_weights'].sum() == 70 + 20 + 45 + 3
 
 
 def test_loss_positions_are_the_answer_tokens():

@@ -15,16 +15,16 @@ import numpy as np
 _TOKEN_KEYS = ('input_ids', 'attention_mask', 'prompt_mask', 'loss_mask')
 
 
+SEARCH_MAX = 64
+
+
 def first_fit(lengths: np.ndarray, width: int) -> list:
   """Examples (indices into lengths) per row: longest first, each into the
   first row with room (first-fit decreasing, within 22% of the fewest rows
   in the worst case and usually optimal for a batch's few rows)."""
   rows, room = [], []
-  for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+  for i in _longest_first(lengths, width):
     n = int(lengths[i])
-    if n > width:
-      raise ValueError(f'an example of {n} tokens does not fit a packed row '
-                       f'of {width}')
     for r, free in enumerate(room):
       if n <= free:
         rows[r].append(i)
@@ -34,6 +34,57 @@ def first_fit(lengths: np.ndarray, width: int) -> list:
       rows.append([i])
       room.append(width - n)
   return rows
+
+
+def fewest_rows(lengths: np.ndarray, width: int, budget: int = 2000) -> list:
+  """first_fit's rows, or fewer where a search finds them: rows are
+  assigned depth first, longest example first, at most `budget` steps.
+  First-fit misses packings a batch's few rows often have (8 E2E rows of
+  513 tokens: 4 rows of 176 by first fit, 3 exist); on batches of more
+  than SEARCH_MAX examples it is within a row or so of the fewest anyway."""
+  rows = first_fit(lengths, width)
+  fewest = -(-int(np.sum(lengths)) // width)
+  while fewest < len(rows) and len(lengths) <= SEARCH_MAX:
+    found = _search(lengths, width, len(rows) - 1, budget)
+    if found is None:
+      break
+    rows = found
+  return rows
+
+
+def _longest_first(lengths: np.ndarray, width: int) -> list:
+  order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+  if order and lengths[order[0]] > width:
+    raise ValueError(f'an example of {int(lengths[order[0]])} tokens does '
+                     f'not fit a packed row of {width}')
+  return order
+
+
+def _search(lengths, width: int, k: int, budget: int):
+  """Examples in k rows of `width`, or None (none found within budget)."""
+  order = _longest_first(lengths, width)
+  room, rows, steps = [width] * k, [[] for _ in range(k)], [budget]
+
+  def place(j: int) -> bool:
+    if j == len(order):
+      return True
+    n, tried = int(lengths[order[j]]), set()
+    for r in range(k):
+      steps[0] -= 1
+      if steps[0] < 0:
+        return False
+      if room[r] < n or room[r] in tried:  # rows of equal room are alike
+        continue
+      tried.add(room[r])
+      room[r] -= n
+      rows[r].append(order[j])
+      if place(j + 1):
+        return True
+      room[r] += n
+      rows[r].pop()
+    return False
+
+  return rows if place(0) else None
 
 
 def pack(arrays: dict, lengths: np.ndarray, widths: list,
@@ -50,7 +101,7 @@ def pack(arrays: dict, lengths: np.ndarray, widths: list,
   longest = int(lengths.max())
   best = None
   for w in (w for w in widths if w >= longest):
-    plan = first_fit(lengths, w)
+    plan = fewest_rows(lengths, w)
     r = -(-len(plan) // row_multiple) * row_multiple
     if best is None or r * w < best[0] * best[1]:
       best = (r, w, plan)
