@@ -15,6 +15,8 @@ import numpy as np
 _TOKEN_KEYS = ('input_ids', 'attention_mask', 'prompt_mask', 'loss_mask')
 
 
+# Batches of more examples take first fit's rows (the search's depth is the
+# number of examples, and first fit is within a row or so of the fewest).
 SEARCH_MAX = 64
 
 
@@ -40,8 +42,7 @@ def fewest_rows(lengths: np.ndarray, width: int, budget: int = 2000) -> list:
   """first_fit's rows, or fewer where a search finds them: rows are
   assigned depth first, longest example first, at most `budget` steps.
   First-fit misses packings a batch's few rows often have (8 E2E rows of
-  513 tokens: 4 rows of 176 by first fit, 3 exist); on batches of more
-  than SEARCH_MAX examples it is within a row or so of the fewest anyway."""
+  513 tokens: 4 rows of 176 by first fit, 3 exist)."""
   rows = first_fit(lengths, width)
   fewest = -(-int(np.sum(lengths)) // width)
   while fewest < len(rows) and len(lengths) <= SEARCH_MAX:
@@ -63,15 +64,16 @@ def _longest_first(lengths: np.ndarray, width: int) -> list:
 def _search(lengths, width: int, k: int, budget: int):
   """Examples in k rows of `width`, or None (none found within budget)."""
   order = _longest_first(lengths, width)
-  room, rows, steps = [width] * k, [[] for _ in range(k)], [budget]
+  room, rows = [width] * k, [[] for _ in range(k)]
 
   def place(j: int) -> bool:
+    nonlocal budget
     if j == len(order):
       return True
     n, tried = int(lengths[order[j]]), set()
     for r in range(k):
-      steps[0] -= 1
-      if steps[0] < 0:
+      budget -= 1
+      if budget < 0:
         return False
       if room[r] < n or room[r] in tried:  # rows of equal room are alike
         continue
