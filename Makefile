@@ -38,7 +38,7 @@ run: install
 test: install
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
-# Timings and memory (about an hour on 2 cores: 55 min at e34bda1): benchmarks/results/.
+# Timings and memory (under an hour on 2 cores: 43 min at a6d233a): benchmarks/results/.
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.run

@@ -230,6 +230,7 @@ def sweep_peer(model: str, batch: int, length: int, repeats: int,
                          step_seconds_back_to_back=b_ours,
                          ratio_to_peer_back_to_back=b_ours / b_peft,
                          peak_memory_bytes=ours.memory_bytes,
+                         step_flops_xla=ours.flops,
                          floor_fraction=floor / t_ours))
         rows.append(dict(common, peer='peft', peft_mode=mode,
                          shape=list(np.shape(peft_batch['input_ids'])),
