@@ -83,26 +83,26 @@ def _chunked_fwd(hs, kernel, ts):
     nll, correct, lse = _nll(logits, tc)
     d_h = precision.einsum('nv,dv->nd',
                            _d_logits(logits, lse, tc).astype(hc.dtype), kernel)
-    return nll, correct, d_h
-  nll, correct, d_hs = jax.lax.map(one, (hs, ts))
-  return (nll, correct), (d_hs, hs, kernel, ts)
+    return nll, correct, d_h, lse
+  nll, correct, d_hs, lses = jax.lax.map(one, (hs, ts))
+  return (nll, correct), (d_hs, lses, hs, kernel, ts)
 
 
 def _chunked_bwd(residuals, cotangents):
-  d_hs, hs, kernel, ts = residuals
+  d_hs, lses, hs, kernel, ts = residuals
   g = cotangents[0]  # d loss / d nll [chunks, size]; `correct` has none
   d_h = (g[..., None] * d_hs).astype(hs.dtype)
 
   # The head's own gradient (full fine-tuning) recomputes each chunk's
-  # logits; where the head is frozen nothing reads it and XLA drops it.
+  # logits (the forward pass's log-sum-exp kept); where the head is frozen
+  # nothing reads it and XLA drops it.
   def one(acc, args):
-    hc, tc, gc = args
-    logits = _logits(hc, kernel)
-    _, _, lse = _nll(logits, tc)
-    d_logits = _d_logits(logits, lse, tc) * gc[:, None]
+    hc, tc, lse, gc = args
+    d_logits = _d_logits(_logits(hc, kernel), lse, tc) * gc[:, None]
     return acc + precision.einsum('nd,nv->dv', hc, d_logits.astype(hc.dtype)
                                   ), None
-  d_kernel, _ = jax.lax.scan(one, jnp.zeros(kernel.shape, F32), (hs, ts, g))
+  d_kernel, _ = jax.lax.scan(one, jnp.zeros(kernel.shape, F32),
+                             (hs, ts, lses, g))
   return d_h, d_kernel.astype(kernel.dtype), None
 
 

@@ -45,8 +45,9 @@ def fewest_rows(lengths: np.ndarray, width: int, budget: int = 2000) -> list:
   513 tokens: 4 rows of 176 by first fit, 3 exist)."""
   rows = first_fit(lengths, width)
   fewest = -(-int(np.sum(lengths)) // width)
+  order = _longest_first(lengths, width)
   while fewest < len(rows) and len(lengths) <= SEARCH_MAX:
-    found = _search(lengths, width, len(rows) - 1, budget)
+    found = _search(lengths, order, len(rows) - 1, width, budget)
     if found is None:
       break
     rows = found
@@ -61,9 +62,9 @@ def _longest_first(lengths: np.ndarray, width: int) -> list:
   return order
 
 
-def _search(lengths, width: int, k: int, budget: int):
-  """Examples in k rows of `width`, or None (none found within budget)."""
-  order = _longest_first(lengths, width)
+def _search(lengths, order: list, k: int, width: int, budget: int):
+  """Examples in k rows of `width`, placed in `order`, or None (none found
+  within budget)."""
   room, rows = [width] * k, [[] for _ in range(k)]
 
   def place(j: int) -> bool:
